@@ -1,0 +1,1 @@
+//! ccfd-client library part. (Work in progress: see issue 4.)

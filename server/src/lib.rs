@@ -1,0 +1,1 @@
+//! ccfd-server library part. (Work in progress: see issue 4.)
