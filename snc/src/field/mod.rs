@@ -16,25 +16,32 @@
 //! * ISA kernels (`Ssse3`, `Avx2`, ...) can only be constructed through their `detect()`, which
 //!   checks the CPU; their `#[target_feature]` functions are private to their modules.
 
+#[macro_use]
+mod template;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+// AVX-512 and GFNI intrinsics are stable since Rust 1.89; the workspace still declares 1.85.
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod avx512;
 pub mod gf256;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod gfni;
+#[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
+mod gfni_avx512;
 mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod ssse3;
+
+#[cfg(target_arch = "x86_64")]
+pub use self::{
+    avx2::Avx2, avx512::Avx512Bw, gfni::GfniAvx2, gfni_avx512::GfniAvx512, ssse3::Ssse3,
+};
 
 use std::sync::OnceLock;
-
-/// Which instruction set a [`Kernel`] uses.
-#[derive(Clone, Copy, Debug)]
-enum Isa {
-    Scalar,
-}
-
-/// A set of region kernels for one instruction set, chosen at run time.
-///
-/// Cheap to copy; every method dispatches with one `match` and then runs a loop specialised for
-/// the instruction set.
-#[derive(Clone, Copy, Debug)]
-pub struct Kernel {
-    isa: Isa,
-}
 
 #[track_caller]
 fn check_len(op: &str, dst: usize, src: usize) {
@@ -42,6 +49,94 @@ fn check_len(op: &str, dst: usize, src: usize) {
         dst == src,
         "field::{op}: source length {src} differs from destination length {dst}"
     );
+}
+
+/// The portable reference kernels (u64-word XOR, per-byte table-lookup multiplication); runs on
+/// every CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scalar;
+
+impl Scalar {
+    /// `dst ^= src`. Panics if the lengths differ.
+    #[track_caller]
+    pub fn xor(self, dst: &mut [u8], src: &[u8]) {
+        check_len("xor", dst.len(), src.len());
+        scalar::xor(dst, src)
+    }
+
+    /// `dst ^= srcs[0] ^ srcs[1] ^ ...`, fused. Panics on a source of another length.
+    #[track_caller]
+    pub fn xor_multi(self, dst: &mut [u8], srcs: &[&[u8]]) {
+        for s in srcs {
+            check_len("xor_multi", dst.len(), s.len());
+        }
+        scalar::xor_multi(dst, srcs)
+    }
+
+    /// `dst ^= c * src`. Panics if the lengths differ.
+    #[track_caller]
+    pub fn mul_add(self, dst: &mut [u8], src: &[u8], c: u8) {
+        check_len("mul_add", dst.len(), src.len());
+        scalar::mul_add(dst, src, c)
+    }
+
+    /// `dst ^= sum c_k * src_k`, fused. Panics on a source of another length.
+    #[track_caller]
+    pub fn mul_add_multi(self, dst: &mut [u8], srcs: &[(&[u8], u8)]) {
+        for (s, _) in srcs {
+            check_len("mul_add_multi", dst.len(), s.len());
+        }
+        scalar::mul_add_multi(dst, srcs)
+    }
+
+    /// `dst = c * dst`.
+    pub fn scale(self, dst: &mut [u8], c: u8) {
+        scalar::scale(dst, c)
+    }
+}
+
+/// Which instruction set a [`Kernel`] uses, holding the proof that the CPU supports it.
+#[derive(Clone, Copy, Debug)]
+enum Isa {
+    Scalar(Scalar),
+    #[cfg(target_arch = "x86_64")]
+    Ssse3(Ssse3),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Avx2),
+    #[cfg(target_arch = "x86_64")]
+    GfniAvx2(GfniAvx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bw(Avx512Bw),
+    #[cfg(target_arch = "x86_64")]
+    GfniAvx512(GfniAvx512),
+}
+
+/// Runs `$call` with `$k` bound to the ISA token of `$kernel`.
+macro_rules! dispatch {
+    ($kernel:expr, $k:ident => $call:expr) => {
+        match $kernel.isa {
+            Isa::Scalar($k) => $call,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Ssse3($k) => $call,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2($k) => $call,
+            #[cfg(target_arch = "x86_64")]
+            Isa::GfniAvx2($k) => $call,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bw($k) => $call,
+            #[cfg(target_arch = "x86_64")]
+            Isa::GfniAvx512($k) => $call,
+        }
+    };
+}
+
+/// A set of region kernels for one instruction set, chosen at run time.
+///
+/// Cheap to copy; every method dispatches with one `match` and then runs a loop specialised for
+/// the instruction set. All kernels produce identical bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernel {
+    isa: Isa,
 }
 
 impl Kernel {
@@ -57,68 +152,129 @@ impl Kernel {
 
     /// The portable reference kernel (u64 XOR, table-lookup multiplication).
     pub fn scalar() -> Kernel {
-        Kernel { isa: Isa::Scalar }
+        Kernel {
+            isa: Isa::Scalar(Scalar),
+        }
     }
 
-    /// Every kernel this CPU can run, slowest first (the last one is [`Kernel::best`]).
+    /// Every kernel this CPU can run, slowest first (the last one is [`Kernel::best`]):
+    /// scalar, ssse3, avx2, gfni-avx2, avx512bw, gfni-avx512.
     pub fn available() -> Vec<Kernel> {
-        vec![Self::scalar()]
+        #[allow(unused_mut)] // only scalar on non-x86_64 targets
+        let mut kernels = vec![Self::scalar()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            kernels.extend(Ssse3::detect().map(Kernel::from));
+            kernels.extend(Avx2::detect().map(Kernel::from));
+            kernels.extend(GfniAvx2::detect().map(Kernel::from));
+            kernels.extend(Avx512Bw::detect().map(Kernel::from));
+            kernels.extend(GfniAvx512::detect().map(Kernel::from));
+        }
+        kernels
     }
 
-    /// Short name of the instruction set ("scalar", "ssse3", "avx2", "avx512bw", "gfni").
+    /// The available kernel called `name` (see [`Kernel::name`]), if this CPU can run it.
+    pub fn by_name(name: &str) -> Option<Kernel> {
+        Self::available().into_iter().find(|k| k.name() == name)
+    }
+
+    /// Short name of the instruction set: "scalar", "ssse3", "avx2", "gfni-avx2", "avx512bw"
+    /// or "gfni-avx512".
     pub fn name(&self) -> &'static str {
         match self.isa {
-            Isa::Scalar => "scalar",
+            Isa::Scalar(_) => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Ssse3(_) => "ssse3",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::GfniAvx2(_) => "gfni-avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bw(_) => "avx512bw",
+            #[cfg(target_arch = "x86_64")]
+            Isa::GfniAvx512(_) => "gfni-avx512",
         }
     }
 
     /// `dst ^= src`. Panics if the lengths differ.
     #[track_caller]
     pub fn xor(&self, dst: &mut [u8], src: &[u8]) {
-        check_len("xor", dst.len(), src.len());
-        match self.isa {
-            Isa::Scalar => scalar::xor(dst, src),
-        }
+        dispatch!(self, k => k.xor(dst, src))
     }
 
-    /// `dst ^= srcs[0] ^ srcs[1] ^ ...` in one pass over `dst`. Panics if any source length
-    /// differs from `dst.len()`.
+    /// `dst ^= srcs[0] ^ srcs[1] ^ ...` in one pass over `dst` (register accumulators, each
+    /// destination byte loaded and stored once). Panics if any source length differs from
+    /// `dst.len()`.
     #[track_caller]
     pub fn xor_multi(&self, dst: &mut [u8], srcs: &[&[u8]]) {
-        for s in srcs {
-            check_len("xor_multi", dst.len(), s.len());
-        }
-        match self.isa {
-            Isa::Scalar => scalar::xor_multi(dst, srcs),
-        }
+        dispatch!(self, k => k.xor_multi(dst, srcs))
     }
 
     /// `dst ^= c * src` (`c == 0` does nothing, `c == 1` is [`Kernel::xor`]). Panics if the
     /// lengths differ.
     #[track_caller]
     pub fn mul_add(&self, dst: &mut [u8], src: &[u8], c: u8) {
-        check_len("mul_add", dst.len(), src.len());
-        match self.isa {
-            Isa::Scalar => scalar::mul_add(dst, src, c),
-        }
+        dispatch!(self, k => k.mul_add(dst, src, c))
     }
 
-    /// `dst ^= c_0 * src_0 ^ c_1 * src_1 ^ ...` in one pass over `dst`. Panics if any source
-    /// length differs from `dst.len()`.
+    /// `dst ^= c_0 * src_0 ^ c_1 * src_1 ^ ...` in one pass over `dst` (sources with `c == 0`
+    /// are skipped, `c == 1` XORed). Panics if any source length differs from `dst.len()`.
     #[track_caller]
     pub fn mul_add_multi(&self, dst: &mut [u8], srcs: &[(&[u8], u8)]) {
-        for (s, _) in srcs {
-            check_len("mul_add_multi", dst.len(), s.len());
-        }
-        match self.isa {
-            Isa::Scalar => scalar::mul_add_multi(dst, srcs),
-        }
+        dispatch!(self, k => k.mul_add_multi(dst, srcs))
     }
 
     /// `dst = c * dst` (`c == 0` zeroes, `c == 1` does nothing).
     pub fn scale(&self, dst: &mut [u8], c: u8) {
-        match self.isa {
-            Isa::Scalar => scalar::scale(dst, c),
+        dispatch!(self, k => k.scale(dst, c))
+    }
+}
+
+impl From<Scalar> for Kernel {
+    fn from(k: Scalar) -> Kernel {
+        Kernel {
+            isa: Isa::Scalar(k),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<Ssse3> for Kernel {
+    fn from(k: Ssse3) -> Kernel {
+        Kernel { isa: Isa::Ssse3(k) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<Avx2> for Kernel {
+    fn from(k: Avx2) -> Kernel {
+        Kernel { isa: Isa::Avx2(k) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<GfniAvx2> for Kernel {
+    fn from(k: GfniAvx2) -> Kernel {
+        Kernel {
+            isa: Isa::GfniAvx2(k),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<Avx512Bw> for Kernel {
+    fn from(k: Avx512Bw) -> Kernel {
+        Kernel {
+            isa: Isa::Avx512Bw(k),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl From<GfniAvx512> for Kernel {
+    fn from(k: GfniAvx512) -> Kernel {
+        Kernel {
+            isa: Isa::GfniAvx512(k),
         }
     }
 }
