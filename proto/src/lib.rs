@@ -1,2 +1,20 @@
-//! ccfd wire protocol and sans-IO state machines. (Work in progress: see issue 4.)
+//! ccfd wire protocol and sans-IO protocol state machines.
+//!
+//! This crate never touches a socket, a clock or a thread: drivers (`ccfd-server`, `ccfd-client`) feed it
+//! bytes, frames and the current time, and act on what it returns.
+//!
+//! - [`frame`]: control messages on TCP ([`Frame`]), their strict length-prefixed binary encoding
+//!   ([`Frame::encode`], [`Frame::decode_body`]) and a stream reassembler ([`FrameDecoder`]).
+//! - [`data`]: the UDP data-packet header and its MAC ([`DataPacket::seal`], [`DataPacket::open`]).
+//! - [`wire`]: the codec errors ([`WireError`]).
 #![forbid(unsafe_code)]
+
+pub mod data;
+pub mod frame;
+pub mod wire;
+
+pub use data::{
+    DataError, DataHeader, DataPacket, Origin, DATA_HEADER_LEN, DATA_OVERHEAD, MAC_LEN,
+};
+pub use frame::*;
+pub use wire::WireError;
