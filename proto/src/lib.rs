@@ -6,15 +6,21 @@
 //! - [`frame`]: control messages on TCP ([`Frame`]), their strict length-prefixed binary encoding
 //!   ([`Frame::encode`], [`Frame::decode_body`]) and a stream reassembler ([`FrameDecoder`]).
 //! - [`data`]: the UDP data-packet header and its MAC ([`DataPacket::seal`], [`DataPacket::open`]).
+//! - [`session_table`]: the server's sessions, receivers, rates and cooperation lists ([`SessionTable`]).
 //! - [`wire`]: the codec errors ([`WireError`]).
 #![forbid(unsafe_code)]
 
 pub mod data;
 pub mod frame;
+pub mod session_table;
 pub mod wire;
 
 pub use data::{
     DataError, DataHeader, DataPacket, Origin, DATA_HEADER_LEN, DATA_OVERHEAD, MAC_LEN,
 };
 pub use frame::*;
+pub use session_table::{
+    ClientId, ReceiverView, Reply, SegmentInfo, SessionTable, SessionView, ShardCommand,
+    TableConfig, TableOutput,
+};
 pub use wire::WireError;

@@ -1,0 +1,1001 @@
+//! The server's session table: a sans-IO state machine over control frames and time.
+//!
+//! # Contract
+//! The driver assigns a [`ClientId`] to every accepted control connection and then:
+//! 1. calls [`SessionTable::handle_frame`] for each decoded frame and acts on the returned [`Reply`]
+//!    (`FileMetaRequest` and `ListFiles` come back as [`Reply::Unhandled`]: the driver answers them from
+//!    the filesystem; `RequestSegment` calls the `resolve` closure to learn the segment's length, code
+//!    parameters and file version, or an error frame to send);
+//! 2. calls [`SessionTable::disconnect`] when a connection closes (or fails to decode);
+//! 3. calls [`SessionTable::handle_timeout`] whenever [`SessionTable::poll_timeout`] is reached;
+//! 4. after each call, drains [`SessionTable::poll_output`]: [`ShardCommand`]s for the shards (start/end
+//!    a session, add/remove a receiver, set a receiver's pacing rate) and [`TableOutput::Close`] for
+//!    connections to close (clients that stopped heartbeating).
+//!
+//! Sessions are created on the first `RequestSegment` for a (file, segment, version); their id is the
+//! smallest free one (data port `udp_base + id`); an id is reused only after its session ended and a
+//! quarantine passed. A session without receivers expires after `session_idle_timeout`. A client silent
+//! for `client_timeout` is dropped from every session and cooperation list. Each receiver's rate
+//! follows the loss and receive rate of its heartbeats; the sum stays under `max_rate_bps`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::frame::{
+    CodeParamsWire, ErrorCode, Frame, Hello, NodeId, PeerHolding, PeerInfo, PeersQuery,
+    ReceiverStats, Role, SessionId, SessionKey, SessionMeta, MAX_PEERS, PROTOCOL_VERSION,
+};
+
+/// Driver-assigned identity of one control connection (a new connection is a new client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl SessionId {
+    /// Session id of a pure keep-alive [`Frame::Heartbeat`] (no session): answered with a
+    /// `HeartbeatAck` for the same id.
+    pub const NONE: SessionId = SessionId(u32::MAX);
+}
+
+/// Limits and timers of the session table.
+#[derive(Debug, Clone)]
+pub struct TableConfig {
+    /// First UDP data port: session `id` uses `udp_base + id`.
+    pub udp_base: u16,
+    /// Size of the session id space (ids `0..session_ids`, capped so ports stay <= 65535).
+    pub session_ids: u32,
+    /// Most live sessions.
+    pub max_sessions: usize,
+    /// Most connected clients.
+    pub max_clients: usize,
+    /// Most sessions one client may receive at once.
+    pub max_sessions_per_client: usize,
+    /// A session with no receivers ends after this long.
+    pub session_idle_timeout: Duration,
+    /// A client (or a receiver of a session) silent for this long is dropped.
+    pub client_timeout: Duration,
+    /// An ended session's id is not reused for this long.
+    pub id_quarantine: Duration,
+    /// Total egress cap over all receivers, bits per second (`None`: uncapped).
+    pub max_rate_bps: Option<u64>,
+    /// Rate a new receiver starts at.
+    pub initial_rate_bps: u64,
+    /// Lowest rate adaptation goes to.
+    pub min_rate_bps: u64,
+    /// Highest rate one receiver is given.
+    pub max_receiver_rate_bps: u64,
+    /// Loss (ppm) above which a receiver's rate is cut.
+    pub loss_high_ppm: u32,
+    /// Loss (ppm) below which a receiver's rate grows.
+    pub loss_low_ppm: u32,
+    /// Most peers returned in a `PeerList`.
+    pub max_peers: usize,
+    /// Secret from which session keys are derived: the driver MUST fill it from the OS RNG
+    /// (`getrandom`) at start-up; the default (zeros) is for tests only.
+    pub key_secret: SessionKey,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            udp_base: 7655,
+            session_ids: 1024,
+            max_sessions: 256,
+            max_clients: 1024,
+            max_sessions_per_client: 4,
+            session_idle_timeout: Duration::from_secs(10),
+            client_timeout: Duration::from_secs(10),
+            id_quarantine: Duration::from_secs(5),
+            max_rate_bps: None,
+            initial_rate_bps: 1_000_000_000,
+            min_rate_bps: 1_000_000,
+            max_receiver_rate_bps: 40_000_000_000,
+            loss_high_ppm: 20_000,
+            loss_low_ppm: 5_000,
+            max_peers: 32,
+            key_secret: SessionKey([0; 32]),
+        }
+    }
+}
+
+/// What the driver knows about a requested segment (from the file and its cached meta).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// File name (as requested).
+    pub name: String,
+    /// Segment index.
+    pub segment: u32,
+    /// Segment length in bytes.
+    pub segment_len: u64,
+    /// Codec parameters.
+    pub code: CodeParamsWire,
+    /// File version tag (a change ends the file's sessions).
+    pub version: u64,
+}
+
+/// Commands for the shard that owns a session (the driver picks the shard, e.g. by session id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardCommand {
+    /// Open the session's socket on `data_port`, map the segment, be ready for receivers.
+    StartSession {
+        /// Session id.
+        session: SessionId,
+        /// File name.
+        name: String,
+        /// Segment index.
+        segment: u32,
+        /// Segment length.
+        segment_len: u64,
+        /// File version the session serves.
+        version: u64,
+        /// Codec parameters.
+        code: CodeParamsWire,
+        /// MAC key.
+        key: SessionKey,
+        /// UDP port (`udp_base + session`).
+        data_port: u16,
+    },
+    /// Start streaming coded packets to a receiver at `rate_bps`.
+    AddReceiver {
+        /// Session id.
+        session: SessionId,
+        /// The receiving client.
+        client: ClientId,
+        /// Its UDP address.
+        addr: SocketAddr,
+        /// Pacing rate, bits per second.
+        rate_bps: u64,
+    },
+    /// Change a receiver's pacing rate.
+    SetRate {
+        /// Session id.
+        session: SessionId,
+        /// The receiving client.
+        client: ClientId,
+        /// New pacing rate, bits per second.
+        rate_bps: u64,
+    },
+    /// Stop streaming to a receiver.
+    RemoveReceiver {
+        /// Session id.
+        session: SessionId,
+        /// The receiving client.
+        client: ClientId,
+    },
+    /// Close the session's socket and unmap its segment.
+    EndSession {
+        /// Session id.
+        session: SessionId,
+    },
+}
+
+/// Output of the table besides direct replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableOutput {
+    /// A command for the shards.
+    Shard(ShardCommand),
+    /// Close this client's control connection (it timed out); the table already forgot it.
+    Close(ClientId),
+}
+
+/// The table's answer to one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Send this frame back.
+    Send(Frame),
+    /// Send this frame, then close the connection (the table already forgot the client).
+    SendAndClose(Frame),
+    /// Close the connection (after `Exit`; the table already forgot the client).
+    Close,
+    /// Nothing to send.
+    Nothing,
+    /// Not the table's business: the driver answers it (`FileMetaRequest`, `ListFiles`).
+    Unhandled(Frame),
+}
+
+/// Read-only view of one receiver, for metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverView {
+    /// The client.
+    pub client: ClientId,
+    /// Its UDP address.
+    pub addr: SocketAddr,
+    /// Current pacing rate.
+    pub rate_bps: u64,
+    /// Last reported statistics.
+    pub stats: ReceiverStats,
+}
+
+/// Read-only view of one session, for metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    /// Session id.
+    pub session: SessionId,
+    /// File name.
+    pub name: String,
+    /// Segment index.
+    pub segment: u32,
+    /// Data port.
+    pub data_port: u16,
+    /// Current receivers.
+    pub receivers: Vec<ReceiverView>,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    addr: SocketAddr,
+    stats: ReceiverStats,
+    /// Rate adaptation target (before the global cap).
+    demand_bps: u64,
+    /// Rate last sent to the shard.
+    rate_bps: u64,
+    last_heartbeat: Instant,
+}
+
+#[derive(Debug)]
+struct Session {
+    name: String,
+    segment: u32,
+    version: u64,
+    segment_len: u64,
+    code: CodeParamsWire,
+    key: SessionKey,
+    data_port: u16,
+    receivers: BTreeMap<ClientId, Receiver>,
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Client {
+    hello: Hello,
+    last_seen: Instant,
+    sessions: BTreeSet<SessionId>,
+    files: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    held: BTreeSet<u32>,
+    /// Segment being received -> decoder rank.
+    receiving: BTreeMap<u32, u32>,
+    /// How often this member was recommended (spreads load among equals).
+    recommended: u64,
+}
+
+#[derive(Debug, Default)]
+struct FileCoop {
+    version: u64,
+    members: BTreeMap<ClientId, Member>,
+}
+
+/// The server's sessions, receivers, clients and cooperation lists.
+#[derive(Debug)]
+pub struct SessionTable {
+    config: TableConfig,
+    sessions: BTreeMap<SessionId, Session>,
+    by_segment: HashMap<(String, u32), SessionId>,
+    quarantine: BTreeMap<SessionId, Instant>,
+    clients: BTreeMap<ClientId, Client>,
+    coop: HashMap<String, FileCoop>,
+    out: VecDeque<TableOutput>,
+    keys_made: u64,
+}
+
+impl SessionTable {
+    /// An empty table.
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            sessions: BTreeMap::new(),
+            by_segment: HashMap::new(),
+            quarantine: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            coop: HashMap::new(),
+            out: VecDeque::new(),
+            keys_made: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Connected clients (that sent `Hello`).
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// A view of one session.
+    pub fn session(&self, id: SessionId) -> Option<SessionView> {
+        let s = self.sessions.get(&id)?;
+        Some(SessionView {
+            session: id,
+            name: s.name.clone(),
+            segment: s.segment,
+            data_port: s.data_port,
+            receivers: s
+                .receivers
+                .iter()
+                .map(|(c, r)| ReceiverView {
+                    client: *c,
+                    addr: r.addr,
+                    rate_bps: r.rate_bps,
+                    stats: r.stats,
+                })
+                .collect(),
+        })
+    }
+
+    /// Views of every session, by id.
+    pub fn sessions(&self) -> Vec<SessionView> {
+        self.sessions
+            .keys()
+            .filter_map(|id| self.session(*id))
+            .collect()
+    }
+
+    /// Next output to act on, if any.
+    pub fn poll_output(&mut self) -> Option<TableOutput> {
+        self.out.pop_front()
+    }
+
+    /// Handles one frame from `client`. `resolve(name, segment)` is called only for
+    /// `RequestSegment` and returns the segment's info or the error frame to reply with.
+    pub fn handle_frame<F>(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        frame: Frame,
+        resolve: F,
+    ) -> Reply
+    where
+        F: FnOnce(&str, u32) -> Result<SegmentInfo, Frame>,
+    {
+        if let Frame::Hello(hello) = frame {
+            return self.hello(now, client, hello);
+        }
+        let Some(c) = self.clients.get_mut(&client) else {
+            return Reply::SendAndClose(Frame::error(
+                ErrorCode::BadRequest,
+                "Hello expected first",
+            ));
+        };
+        c.last_seen = now;
+        match frame {
+            Frame::FileMetaRequest { .. } | Frame::ListFiles => Reply::Unhandled(frame),
+            Frame::RequestSegment {
+                name,
+                segment,
+                receive_addr,
+            } => match resolve(&name, segment) {
+                Ok(info) => self.request_segment(now, client, info, receive_addr),
+                Err(reply) => Reply::Send(reply),
+            },
+            Frame::Heartbeat { session, stats } => self.heartbeat(now, client, session, stats),
+            Frame::StopSegment { session } => self.stop_segment(now, client, session),
+            Frame::Have { name, ranges } => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.files.insert(name.clone());
+                }
+                let coop = self.coop.entry(name).or_default();
+                let member = coop.members.entry(client).or_default();
+                for r in ranges {
+                    // Bound the work a hostile Have can cause to the ranges' total length.
+                    member.held.extend((r.start..r.end).take(1 << 20));
+                }
+                Reply::Send(Frame::Ack {
+                    session: SessionId::NONE,
+                })
+            }
+            Frame::Peers(query) => self.peers(client, query),
+            Frame::Exit => {
+                self.remove_client(client);
+                Reply::Close
+            }
+            other => Reply::SendAndClose(Frame::error(
+                ErrorCode::BadRequest,
+                format!("{} is not a request to the server", other.kind()),
+            )),
+        }
+    }
+
+    /// The connection of `client` closed: remove it everywhere.
+    pub fn disconnect(&mut self, _now: Instant, client: ClientId) {
+        self.remove_client(client);
+    }
+
+    /// The file changed on disk: end its sessions (receivers' heartbeats then get `NoSuchSession`)
+    /// and forget its cooperation list.
+    pub fn file_changed(&mut self, now: Instant, name: &str) {
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.name == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.end_session(now, id);
+        }
+        self.coop.remove(name);
+    }
+
+    /// Earliest instant at which [`SessionTable::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self
+            .sessions
+            .values()
+            .filter_map(|s| s.idle_since.map(|t| t + self.config.session_idle_timeout));
+        let clients = self
+            .clients
+            .values()
+            .map(|c| c.last_seen + self.config.client_timeout);
+        let receivers = self
+            .sessions
+            .values()
+            .flat_map(|s| s.receivers.values())
+            .map(|r| r.last_heartbeat + self.config.client_timeout);
+        idle.chain(clients).chain(receivers).min()
+    }
+
+    /// Expires idle sessions, silent receivers and silent clients.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let silent: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| now >= c.last_seen + self.config.client_timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for client in silent {
+            self.remove_client(client);
+            self.out.push_back(TableOutput::Close(client));
+        }
+        let stale: Vec<(SessionId, ClientId)> = self
+            .sessions
+            .iter()
+            .flat_map(|(sid, s)| {
+                s.receivers
+                    .iter()
+                    .filter(|(_, r)| now >= r.last_heartbeat + self.config.client_timeout)
+                    .map(|(c, _)| (*sid, *c))
+            })
+            .collect();
+        for (sid, client) in stale {
+            self.remove_receiver(now, sid, client);
+        }
+        let expired: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.idle_since
+                    .is_some_and(|t| now >= t + self.config.session_idle_timeout)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.end_session(now, id);
+        }
+        self.quarantine.retain(|_, until| *until > now);
+    }
+
+    fn hello(&mut self, now: Instant, client: ClientId, hello: Hello) -> Reply {
+        if hello.version != PROTOCOL_VERSION || hello.role != Role::Client {
+            return Reply::SendAndClose(Frame::error(
+                ErrorCode::BadRequest,
+                "expected a client Hello of this protocol version",
+            ));
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.hello = hello;
+            c.last_seen = now;
+        } else {
+            if self.clients.len() >= self.config.max_clients {
+                return Reply::SendAndClose(Frame::error(
+                    ErrorCode::TooManyClients,
+                    format!(
+                        "server limit of {} clients reached",
+                        self.config.max_clients
+                    ),
+                ));
+            }
+            self.clients.insert(
+                client,
+                Client {
+                    hello,
+                    last_seen: now,
+                    sessions: BTreeSet::new(),
+                    files: BTreeSet::new(),
+                },
+            );
+        }
+        Reply::Send(Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Server,
+            node_id: NodeId(0),
+            data_addr: None,
+            control_addr: None,
+        }))
+    }
+
+    fn request_segment(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        info: SegmentInfo,
+        receive_addr: SocketAddr,
+    ) -> Reply {
+        let key = (info.name.clone(), info.segment);
+        // A version change ends the old sessions of the file and its cooperation list.
+        if let Some(sid) = self.by_segment.get(&key).copied() {
+            if self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.version != info.version)
+            {
+                self.file_changed(now, &info.name);
+            }
+        }
+        if self
+            .coop
+            .get(&info.name)
+            .is_some_and(|f| f.version != info.version)
+        {
+            self.coop.remove(&info.name);
+        }
+        let sid = match self.by_segment.get(&key).copied() {
+            Some(sid) => sid,
+            None => {
+                let in_client = self.clients.get(&client).map_or(0, |c| c.sessions.len());
+                if in_client >= self.config.max_sessions_per_client {
+                    return Reply::Send(Frame::error(
+                        ErrorCode::TooManySessions,
+                        format!(
+                            "at most {} concurrent sessions per client",
+                            self.config.max_sessions_per_client
+                        ),
+                    ));
+                }
+                match self.create_session(now, &info) {
+                    Some(sid) => sid,
+                    None => {
+                        return Reply::Send(Frame::error(
+                            ErrorCode::TooManySessions,
+                            format!(
+                                "server limit of {} sessions reached",
+                                self.config.max_sessions
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let Some(c) = self.clients.get_mut(&client) else {
+            return Reply::SendAndClose(Frame::error(
+                ErrorCode::BadRequest,
+                "Hello expected first",
+            ));
+        };
+        if !c.sessions.contains(&sid) && c.sessions.len() >= self.config.max_sessions_per_client {
+            return Reply::Send(Frame::error(
+                ErrorCode::TooManySessions,
+                format!(
+                    "at most {} concurrent sessions per client",
+                    self.config.max_sessions_per_client
+                ),
+            ));
+        }
+        c.sessions.insert(sid);
+        c.files.insert(info.name.clone());
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Reply::Send(Frame::error(ErrorCode::Internal, "session vanished"));
+        };
+        s.idle_since = None;
+        let initial = self
+            .config
+            .initial_rate_bps
+            .min(self.config.max_receiver_rate_bps);
+        let mut changed_addr = false;
+        match s.receivers.get_mut(&client) {
+            Some(r) => {
+                r.last_heartbeat = now;
+                if r.addr != receive_addr {
+                    r.addr = receive_addr;
+                    changed_addr = true;
+                }
+            }
+            None => {
+                s.receivers.insert(
+                    client,
+                    Receiver {
+                        addr: receive_addr,
+                        stats: ReceiverStats::default(),
+                        demand_bps: initial,
+                        rate_bps: 0,
+                        last_heartbeat: now,
+                    },
+                );
+                changed_addr = true;
+            }
+        }
+        let meta = SessionMeta {
+            session: sid,
+            name: s.name.clone(),
+            segment: s.segment,
+            data_port: s.data_port,
+            code: s.code,
+            key: s.key,
+            segment_len: s.segment_len,
+            version: s.version,
+        };
+        if changed_addr {
+            if let Some(r) = s.receivers.get_mut(&client) {
+                if r.rate_bps != 0 {
+                    self.out
+                        .push_back(TableOutput::Shard(ShardCommand::RemoveReceiver {
+                            session: sid,
+                            client,
+                        }));
+                }
+                r.rate_bps = 0;
+            }
+        }
+        // Cooperation list: the client now receives this segment.
+        let coop = self.coop.entry(info.name.clone()).or_default();
+        coop.version = info.version;
+        let member = coop.members.entry(client).or_default();
+        member.held.remove(&info.segment);
+        member.receiving.entry(info.segment).or_insert(0);
+        self.reallocate_rates();
+        Reply::Send(Frame::SessionMeta(meta))
+    }
+
+    fn create_session(&mut self, now: Instant, info: &SegmentInfo) -> Option<SessionId> {
+        if self.sessions.len() >= self.config.max_sessions {
+            // Make room by ending the session idle for the longest time, if any.
+            let oldest_idle = self
+                .sessions
+                .iter()
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .min()?;
+            self.end_session(now, oldest_idle.1);
+        }
+        self.quarantine.retain(|_, until| *until > now);
+        let port_room = u32::from(u16::MAX - self.config.udp_base) + 1;
+        let limit = self.config.session_ids.min(port_room);
+        let id = (0..limit)
+            .map(SessionId)
+            .find(|id| !self.sessions.contains_key(id) && !self.quarantine.contains_key(id))?;
+        let data_port = self.config.udp_base + u16::try_from(id.0).ok()?;
+        self.keys_made += 1;
+        let key = session_key(&self.config.key_secret.0, self.keys_made, info, id);
+        self.sessions.insert(
+            id,
+            Session {
+                name: info.name.clone(),
+                segment: info.segment,
+                version: info.version,
+                segment_len: info.segment_len,
+                code: info.code,
+                key,
+                data_port,
+                receivers: BTreeMap::new(),
+                idle_since: None,
+            },
+        );
+        self.by_segment
+            .insert((info.name.clone(), info.segment), id);
+        self.out
+            .push_back(TableOutput::Shard(ShardCommand::StartSession {
+                session: id,
+                name: info.name.clone(),
+                segment: info.segment,
+                segment_len: info.segment_len,
+                version: info.version,
+                code: info.code,
+                key,
+                data_port,
+            }));
+        Some(id)
+    }
+
+    fn heartbeat(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        sid: SessionId,
+        stats: ReceiverStats,
+    ) -> Reply {
+        if sid == SessionId::NONE {
+            return Reply::Send(Frame::HeartbeatAck {
+                session: sid,
+                send_rate_bps: 0,
+            });
+        }
+        let cfg = &self.config;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Reply::Send(no_such_session(sid));
+        };
+        let Some(r) = s.receivers.get_mut(&client) else {
+            return Reply::Send(no_such_session(sid));
+        };
+        r.last_heartbeat = now;
+        r.stats = stats;
+        r.demand_bps = adapt(cfg, r.demand_bps, &stats);
+        let (name, segment) = (s.name.clone(), s.segment);
+        if let Some(m) = self
+            .coop
+            .get_mut(&name)
+            .and_then(|f| f.members.get_mut(&client))
+        {
+            if let Some(rank) = m.receiving.get_mut(&segment) {
+                *rank = stats.decoded_rank;
+            }
+        }
+        self.reallocate_rates();
+        let rate = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.receivers.get(&client))
+            .map_or(0, |r| r.rate_bps);
+        Reply::Send(Frame::HeartbeatAck {
+            session: sid,
+            send_rate_bps: rate,
+        })
+    }
+
+    fn stop_segment(&mut self, now: Instant, client: ClientId, sid: SessionId) -> Reply {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Reply::Send(no_such_session(sid));
+        };
+        if !s.receivers.contains_key(&client) {
+            return Reply::Send(no_such_session(sid));
+        }
+        let (name, segment) = (s.name.clone(), s.segment);
+        self.remove_receiver(now, sid, client);
+        if let Some(m) = self
+            .coop
+            .get_mut(&name)
+            .and_then(|f| f.members.get_mut(&client))
+        {
+            m.receiving.remove(&segment);
+            m.held.insert(segment);
+        }
+        Reply::Send(Frame::Ack { session: sid })
+    }
+
+    fn peers(&mut self, client: ClientId, query: PeersQuery) -> Reply {
+        let (name, segment) = match query {
+            PeersQuery::Segment { name, segment } => (name, segment),
+            PeersQuery::Session(sid) => match self.sessions.get(&sid) {
+                Some(s) => (s.name.clone(), s.segment),
+                None => return Reply::Send(no_such_session(sid)),
+            },
+        };
+        let mut candidates: Vec<(PeerHolding, std::cmp::Reverse<u32>, u64, ClientId, PeerInfo)> =
+            Vec::new();
+        if let Some(file) = self.coop.get(&name) {
+            for (id, m) in &file.members {
+                if *id == client {
+                    continue;
+                }
+                let Some(hello) = self.clients.get(id).map(|c| &c.hello) else {
+                    continue;
+                };
+                let Some(control_addr) = hello.control_addr else {
+                    continue;
+                };
+                let (holding, rank) = if m.held.contains(&segment) {
+                    (PeerHolding::Complete, 0)
+                } else if let Some(rank) = m.receiving.get(&segment) {
+                    (PeerHolding::Receiving, *rank)
+                } else {
+                    continue;
+                };
+                let info = PeerInfo {
+                    node_id: hello.node_id,
+                    control_addr,
+                    data_addr: hello.data_addr,
+                    holding,
+                    rank,
+                    segments_held: u32::try_from(m.held.len()).unwrap_or(u32::MAX),
+                };
+                candidates.push((holding, std::cmp::Reverse(rank), m.recommended, *id, info));
+            }
+        }
+        // Most useful first: complete holders, then receivers with the highest rank; among equals the
+        // least recommended so far, so that load spreads.
+        candidates.sort_by_key(|a| (a.0, a.1, a.2, a.3));
+        candidates.truncate(self.config.max_peers.min(MAX_PEERS));
+        if let Some(file) = self.coop.get_mut(&name) {
+            for c in &candidates {
+                if let Some(m) = file.members.get_mut(&c.3) {
+                    m.recommended += 1;
+                }
+            }
+        }
+        Reply::Send(Frame::PeerList {
+            name,
+            segment,
+            peers: candidates.into_iter().map(|c| c.4).collect(),
+        })
+    }
+
+    fn remove_client(&mut self, client: ClientId) {
+        let Some(c) = self.clients.remove(&client) else {
+            return;
+        };
+        for sid in c.sessions {
+            // `now` only matters for idle timestamps; use the client's last activity.
+            self.remove_receiver(c.last_seen, sid, client);
+        }
+        for name in c.files {
+            if let Some(f) = self.coop.get_mut(&name) {
+                f.members.remove(&client);
+                if f.members.is_empty() {
+                    self.coop.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn remove_receiver(&mut self, now: Instant, sid: SessionId, client: ClientId) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.sessions.remove(&sid);
+        }
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(r) = s.receivers.remove(&client) {
+            if r.rate_bps != 0 {
+                self.out
+                    .push_back(TableOutput::Shard(ShardCommand::RemoveReceiver {
+                        session: sid,
+                        client,
+                    }));
+            }
+            if let Some(m) = self
+                .coop
+                .get_mut(&s.name)
+                .and_then(|f| f.members.get_mut(&client))
+            {
+                m.receiving.remove(&s.segment);
+            }
+        }
+        if s.receivers.is_empty() && s.idle_since.is_none() {
+            // A session is idle from its last receiver's departure; keep the earlier instant if the
+            // caller's clock lags (client removal uses the client's last activity).
+            s.idle_since = Some(now);
+        }
+        self.reallocate_rates();
+    }
+
+    fn end_session(&mut self, now: Instant, sid: SessionId) {
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        for (client, r) in &s.receivers {
+            if let Some(c) = self.clients.get_mut(client) {
+                c.sessions.remove(&sid);
+            }
+            if let Some(m) = self
+                .coop
+                .get_mut(&s.name)
+                .and_then(|f| f.members.get_mut(client))
+            {
+                m.receiving.remove(&s.segment);
+            }
+            if r.rate_bps != 0 {
+                self.out
+                    .push_back(TableOutput::Shard(ShardCommand::RemoveReceiver {
+                        session: sid,
+                        client: *client,
+                    }));
+            }
+        }
+        self.by_segment.remove(&(s.name, s.segment));
+        self.quarantine.insert(sid, now + self.config.id_quarantine);
+        self.out
+            .push_back(TableOutput::Shard(ShardCommand::EndSession {
+                session: sid,
+            }));
+        self.reallocate_rates();
+    }
+
+    /// Max-min fair split of the egress cap over the receivers' demands; emits `AddReceiver` for new
+    /// receivers and `SetRate` for rates that moved by more than 1/32.
+    fn reallocate_rates(&mut self) {
+        let mut demands: Vec<(u64, SessionId, ClientId)> = self
+            .sessions
+            .iter()
+            .flat_map(|(sid, s)| {
+                s.receivers
+                    .iter()
+                    .map(move |(c, r)| (r.demand_bps, *sid, *c))
+            })
+            .collect();
+        demands.sort_unstable();
+        let mut left = self.config.max_rate_bps.unwrap_or(u64::MAX);
+        let mut n = demands.len() as u64;
+        let mut alloc: Vec<(SessionId, ClientId, u64)> = Vec::with_capacity(demands.len());
+        for (demand, sid, client) in demands {
+            let fair = left / n.max(1);
+            let rate = demand.min(fair).max(1);
+            left = left.saturating_sub(rate);
+            n -= 1;
+            alloc.push((sid, client, rate));
+        }
+        for (sid, client, rate) in alloc {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            let Some(r) = s.receivers.get_mut(&client) else {
+                continue;
+            };
+            if r.rate_bps == 0 {
+                r.rate_bps = rate;
+                self.out
+                    .push_back(TableOutput::Shard(ShardCommand::AddReceiver {
+                        session: sid,
+                        client,
+                        addr: r.addr,
+                        rate_bps: rate,
+                    }));
+            } else if r.rate_bps.abs_diff(rate) > r.rate_bps / 32 {
+                r.rate_bps = rate;
+                self.out
+                    .push_back(TableOutput::Shard(ShardCommand::SetRate {
+                        session: sid,
+                        client,
+                        rate_bps: rate,
+                    }));
+            }
+        }
+    }
+}
+
+fn no_such_session(sid: SessionId) -> Frame {
+    Frame::error(
+        ErrorCode::NoSuchSession,
+        format!("session {} is not active for this client", sid.0),
+    )
+}
+
+/// Receiver-driven rate adaptation: cut towards what got through when loss is high, grow when low.
+fn adapt(cfg: &TableConfig, demand: u64, stats: &ReceiverStats) -> u64 {
+    let next = if stats.loss_ppm > cfg.loss_high_ppm {
+        let through = if stats.receive_rate_bps > 0 {
+            demand.min(stats.receive_rate_bps)
+        } else {
+            demand
+        };
+        through / 8 * 7
+    } else if stats.loss_ppm < cfg.loss_low_ppm {
+        demand
+            .saturating_add(demand / 4)
+            .saturating_add(cfg.min_rate_bps)
+    } else {
+        demand
+    };
+    next.clamp(
+        cfg.min_rate_bps.max(1),
+        cfg.max_receiver_rate_bps.max(cfg.min_rate_bps.max(1)),
+    )
+}
+
+/// Session key = keyed BLAKE3 (a PRF) under the server's random secret over a never-repeating
+/// counter and the session identity: unpredictable without the secret, deterministic in tests.
+fn session_key(secret: &[u8; 32], counter: u64, info: &SegmentInfo, id: SessionId) -> SessionKey {
+    let mut h = blake3::Hasher::new_keyed(secret);
+    h.update(b"ccfd session key v1");
+    h.update(&counter.to_le_bytes());
+    h.update(&id.0.to_le_bytes());
+    h.update(&info.segment.to_le_bytes());
+    h.update(&info.version.to_le_bytes());
+    h.update(info.name.as_bytes());
+    SessionKey(*h.finalize().as_bytes())
+}
