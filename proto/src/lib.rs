@@ -7,10 +7,12 @@
 //!   ([`Frame::encode`], [`Frame::decode_body`]) and a stream reassembler ([`FrameDecoder`]).
 //! - [`data`]: the UDP data-packet header and its MAC ([`DataPacket::seal`], [`DataPacket::open`]).
 //! - [`session_table`]: the server's sessions, receivers, rates and cooperation lists ([`SessionTable`]).
+//! - [`download`]: the client's download of one file ([`Download`]).
 //! - [`wire`]: the codec errors ([`WireError`]).
 #![forbid(unsafe_code)]
 
 pub mod data;
+pub mod download;
 pub mod frame;
 pub mod session_table;
 pub mod wire;
@@ -18,6 +20,7 @@ pub mod wire;
 pub use data::{
     DataError, DataHeader, DataPacket, Origin, DATA_HEADER_LEN, DATA_OVERHEAD, MAC_LEN,
 };
+pub use download::{Download, DownloadAction, DownloadConfig, DownloadError};
 pub use frame::*;
 pub use session_table::{
     ClientId, ReceiverView, Reply, SegmentInfo, SessionTable, SessionView, ShardCommand,
