@@ -1,0 +1,1 @@
+//! systemd notifications (filled in below).

@@ -1,0 +1,1 @@
+//! Pacing (filled in below).
