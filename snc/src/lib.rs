@@ -17,6 +17,7 @@
 //! [`prng`] (counter-based generator), [`packet`] (payload wire format), [`coeffs`] (a packet's
 //! coefficients as a row over the columns), [`field`] (GF kernels).
 pub mod coeffs;
+pub mod encoder;
 pub mod decoder;
 pub mod field;
 pub mod layout;

@@ -1,0 +1,521 @@
+//! The encoder: coded packets of one segment, written into caller buffers.
+//!
+//! Contract:
+//! * [`Encoder::new`] borrows the segment (`segment_len` bytes, typically an mmapped slice) and
+//!   never copies it. It allocates exactly two things: one zero-padded copy of the last source
+//!   symbol when the segment is not a multiple of the symbol size, and the `C` check symbols,
+//!   computed once here (check `r` = XOR of [`Layout::check_sources`]).
+//! * Packets are described by a [`PacketPlan`] (systematic symbol `index`, or subgeneration +
+//!   coefficient seed) and written by [`Encoder::write`] / [`Encoder::write_batch`] in the
+//!   [`crate::packet`] format into caller-provided buffers.
+//! * Streams: packet `n` of a [`Stream`] is a pure function of `(stream, n)` ([`Encoder::plan`]):
+//!   - systematic layouts send the `K` source symbols first, in the interleaved order
+//!     `(n * step + offset) mod K` (`step` coprime with `K`, near `K / golden ratio`; `offset`
+//!     from the stream key), so a burst loss leaves holes spread over the band;
+//!   - coded packets take the subgeneration from a golden-ratio (Weyl) sequence keyed by the
+//!     stream's schedule key: deterministic, low-discrepancy for every prefix and every run, and
+//!     edge-weighted: the first and last subgenerations get weight `(window/stride + 1) / 2`
+//!     (interior ones 1), which equalises the mean coverage of the band's end columns, covered
+//!     by fewer windows, with the interior (the reference's `banded_nonuniform_sched`
+//!     generalised to any stride, SNC-REFERENCE §3.9);
+//!   - the coefficient seed is [`crate::prng::derive`]`(key, n)`.
+//! * Locality: a GF(2) coded packet is one fused `xor_multi` over the ~`window/2` selected
+//!   symbols of its window. [`Encoder::write_batch`] writes the packets of each subgeneration
+//!   together so the window (80 KiB by default) stays in L2; give several receivers the same
+//!   schedule key ([`Stream::with_schedule`]) and batch one packet per receiver to profit.
+
+use crate::coeffs::{gf256_from_seed, gf2_from_seed};
+use crate::field::Kernel;
+use crate::layout::{Layout, SubgenColumns};
+use crate::packet::{self, Header, PacketError, PacketKind};
+use crate::params::{Field, MAX_SUBGEN_SIZE};
+use crate::prng::{derive, mix64, GOLDEN};
+use thiserror::Error;
+
+/// What one packet of a stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PacketPlan {
+    /// Source symbol `index`, uncoded.
+    Systematic {
+        /// Source index (`< K`).
+        index: u32,
+    },
+    /// A combination of subgeneration `subgen` with coefficients from `seed`.
+    Coded {
+        /// Subgeneration (`< G`).
+        subgen: u32,
+        /// Coefficient seed.
+        seed: u64,
+    },
+}
+
+impl PacketPlan {
+    /// The packet form this plan produces.
+    pub fn kind(&self) -> PacketKind {
+        match self {
+            PacketPlan::Systematic { .. } => PacketKind::Systematic,
+            PacketPlan::Coded { .. } => PacketKind::Coded,
+        }
+    }
+}
+
+/// A per-receiver packet stream: a key (coefficient seeds), a schedule key (subgeneration
+/// sequence and systematic order) and the number of the next packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Stream {
+    /// Key of the coefficient seeds; distinct per receiver.
+    pub key: u64,
+    /// Key of the subgeneration schedule; receivers sharing it visit the same subgenerations
+    /// at the same counters, which lets a fan-out batch reuse one window.
+    pub schedule_key: u64,
+    /// Number of the next packet.
+    pub counter: u64,
+}
+
+impl Stream {
+    /// A stream whose schedule is keyed by its own key.
+    pub fn new(key: u64) -> Stream {
+        Stream {
+            key,
+            schedule_key: key,
+            counter: 0,
+        }
+    }
+
+    /// A stream with a separate schedule key.
+    pub fn with_schedule(key: u64, schedule_key: u64) -> Stream {
+        Stream {
+            key,
+            schedule_key,
+            counter: 0,
+        }
+    }
+}
+
+/// Why a packet could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum EncodeError {
+    /// The segment is empty: there is nothing to send.
+    #[error("the segment is empty")]
+    Empty,
+    /// The data slice's length differs from the layout's segment length.
+    #[error("data of {got} bytes, the layout says {expected}")]
+    DataLength {
+        /// Segment length from the layout.
+        expected: u64,
+        /// Length given.
+        got: usize,
+    },
+    /// The plan or the buffer does not fit the layout.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+}
+
+/// Encoder of one segment.
+#[derive(Debug)]
+pub struct Encoder<'a> {
+    layout: Layout,
+    data: &'a [u8],
+    /// Zero-padded last source symbol (empty if the segment is a multiple of the symbol size).
+    tail: Vec<u8>,
+    /// The `C` check symbols, back to back.
+    checks: Vec<u8>,
+    kernel: Kernel,
+    /// Schedule: edge weight and total weight in half units.
+    edge_weight: u64,
+    total_weight: u64,
+    /// Systematic interleaving step (coprime with K).
+    sys_step: u64,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder over `data` (exactly `layout.segment_len()` bytes) with the best kernel.
+    pub fn new(layout: &Layout, data: &'a [u8]) -> Result<Encoder<'a>, EncodeError> {
+        Self::with_kernel(layout, data, Kernel::best())
+    }
+
+    /// Like [`Encoder::new`] with an explicit field kernel.
+    pub fn with_kernel(
+        layout: &Layout,
+        data: &'a [u8],
+        kernel: Kernel,
+    ) -> Result<Encoder<'a>, EncodeError> {
+        if data.len() as u64 != layout.segment_len() {
+            return Err(EncodeError::DataLength {
+                expected: layout.segment_len(),
+                got: data.len(),
+            });
+        }
+        let s = layout.symbol_size();
+        let k = layout.source_count();
+        let mut tail = Vec::new();
+        if k > 0 && layout.source_bytes(k - 1) < s {
+            let start = (k as usize - 1) * s;
+            tail = vec![0u8; s];
+            tail[..data.len() - start].copy_from_slice(&data[start..]);
+        }
+        let g = layout.subgen_count() as u64;
+        let per_column = (layout.window() / layout.stride()).max(1) as u64;
+        let edge_weight = per_column + 1;
+        let total_weight = if g <= 1 {
+            1
+        } else {
+            2 * (g - 2) + 2 * edge_weight
+        };
+        let mut enc = Encoder {
+            layout: layout.clone(),
+            data,
+            tail,
+            checks: vec![0u8; layout.check_count() as usize * s],
+            kernel,
+            edge_weight,
+            total_weight,
+            sys_step: interleave_step(k as u64),
+        };
+        let mut checks = std::mem::take(&mut enc.checks);
+        let mut srcs: Vec<&[u8]> = Vec::new();
+        for (r, dst) in checks.chunks_exact_mut(s.max(1)).enumerate() {
+            srcs.clear();
+            srcs.extend(
+                layout
+                    .check_sources(r as u32)
+                    .iter()
+                    .map(|&c| enc.column(c)),
+            );
+            kernel.xor_multi(dst, &srcs);
+        }
+        drop(srcs);
+        enc.checks = checks;
+        Ok(enc)
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The value of column `c` (`c < N`): a source symbol (zero-padded) or a check symbol.
+    pub fn column(&self, c: u32) -> &[u8] {
+        let s = self.layout.symbol_size();
+        let k = self.layout.source_count();
+        if c < k {
+            if c == k - 1 && !self.tail.is_empty() {
+                &self.tail
+            } else {
+                let start = c as usize * s;
+                &self.data[start..start + s]
+            }
+        } else {
+            let start = (c - k) as usize * s;
+            &self.checks[start..start + s]
+        }
+    }
+
+    /// Packet `counter` of the stream `stream` (ignoring `stream.counter`); `None` if the
+    /// segment is empty.
+    pub fn plan(&self, stream: &Stream, counter: u64) -> Option<PacketPlan> {
+        let k = self.layout.source_count() as u64;
+        if k == 0 {
+            return None;
+        }
+        if self.layout.systematic() && counter < k {
+            let offset = mix64(stream.schedule_key) % k;
+            let index =
+                ((counter as u128 * self.sys_step as u128 + offset as u128) % k as u128) as u32;
+            return Some(PacketPlan::Systematic { index });
+        }
+        Some(PacketPlan::Coded {
+            subgen: self.scheduled_subgen(stream.schedule_key, counter),
+            seed: derive(stream.key, counter),
+        })
+    }
+
+    /// The plan of the stream's next packet; advances the stream.
+    pub fn next_plan(&self, stream: &mut Stream) -> Option<PacketPlan> {
+        let p = self.plan(stream, stream.counter);
+        stream.counter += 1;
+        p
+    }
+
+    fn scheduled_subgen(&self, schedule_key: u64, counter: u64) -> u32 {
+        let g = self.layout.subgen_count() as u64;
+        if g <= 1 {
+            return 0;
+        }
+        let x = mix64(schedule_key).wrapping_add(counter.wrapping_mul(GOLDEN));
+        let u = ((x as u128 * self.total_weight as u128) >> 64) as u64;
+        let e = self.edge_weight;
+        if u < e {
+            0
+        } else if u >= self.total_weight - e {
+            (g - 1) as u32
+        } else {
+            (1 + (u - e) / 2) as u32
+        }
+    }
+
+    /// Length of the packet a plan produces.
+    pub fn packet_len(&self, plan: &PacketPlan) -> usize {
+        packet::len(&self.layout, plan.kind())
+    }
+
+    /// Writes the packet of `plan` into `out` (at least [`Encoder::packet_len`] bytes) and
+    /// returns its length.
+    pub fn write(&self, plan: &PacketPlan, out: &mut [u8]) -> Result<usize, EncodeError> {
+        if self.layout.source_count() == 0 {
+            return Err(EncodeError::Empty);
+        }
+        match *plan {
+            PacketPlan::Systematic { index } => {
+                let sym = packet::write_header(&self.layout, &Header::Systematic { index }, out)?;
+                sym.copy_from_slice(self.column(index));
+            }
+            PacketPlan::Coded { subgen, seed } => {
+                let sym = packet::write_header(&self.layout, &Header::Coded { subgen, seed }, out)?;
+                self.combine(subgen, seed, sym);
+            }
+        }
+        Ok(self.packet_len(plan))
+    }
+
+    /// Writes the stream's next packet into `out`; advances the stream.
+    pub fn write_next(&self, stream: &mut Stream, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let plan = self.next_plan(stream).ok_or(EncodeError::Empty)?;
+        self.write(&plan, out)
+    }
+
+    /// Writes packet `i` of `plans` into `out[i * slot..(i + 1) * slot]` (`slot` at least the
+    /// packet's length; [`packet::max_len`] always fits). Packets of the same subgeneration
+    /// are produced together, so their window is read from cache once.
+    pub fn write_batch(
+        &self,
+        plans: &[PacketPlan],
+        out: &mut [u8],
+        slot: usize,
+    ) -> Result<(), EncodeError> {
+        if out.len() / slot.max(1) < plans.len() {
+            return Err(PacketError::Buffer {
+                needed: plans.len() * slot,
+                got: out.len(),
+            }
+            .into());
+        }
+        const CHUNK: usize = 64;
+        for (c, chunk) in plans.chunks(CHUNK).enumerate() {
+            let mut order = [0u16; CHUNK];
+            for (i, o) in order.iter_mut().enumerate().take(chunk.len()) {
+                *o = i as u16;
+            }
+            let order = &mut order[..chunk.len()];
+            let key = |p: &PacketPlan| match *p {
+                PacketPlan::Systematic { index } => (0u8, index),
+                PacketPlan::Coded { subgen, .. } => (1u8, subgen),
+            };
+            order.sort_unstable_by_key(|&i| key(&chunk[i as usize]));
+            for &i in order.iter() {
+                let at = (c * CHUNK + i as usize) * slot;
+                self.write(&chunk[i as usize], &mut out[at..at + slot])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one packet per stream (fan-out), packet `i` into slot `i`; advances every stream.
+    pub fn write_fanout(
+        &self,
+        streams: &mut [Stream],
+        out: &mut [u8],
+        slot: usize,
+    ) -> Result<(), EncodeError> {
+        const CHUNK: usize = 64;
+        let mut plans = [PacketPlan::Systematic { index: 0 }; CHUNK];
+        for (c, chunk) in streams.chunks_mut(CHUNK).enumerate() {
+            for (p, s) in plans.iter_mut().zip(chunk.iter_mut()) {
+                *p = self.next_plan(s).ok_or(EncodeError::Empty)?;
+            }
+            let start = (c * CHUNK * slot).min(out.len());
+            self.write_batch(&plans[..chunk.len()], &mut out[start..], slot)?;
+        }
+        Ok(())
+    }
+
+    /// `dst = sum of coefficient(j) * column(j)` over subgeneration `subgen`'s window.
+    fn combine(&self, subgen: u32, seed: u64, dst: &mut [u8]) {
+        let w = self.layout.window() as usize;
+        let cols = self.layout.subgen_columns(subgen);
+        dst.fill(0);
+        match self.layout.field() {
+            Field::Gf2 => {
+                let mut words = [0u64; MAX_SUBGEN_SIZE as usize / 64];
+                gf2_from_seed(seed, w, &mut words);
+                let mut srcs: [&[u8]; MAX_SUBGEN_SIZE as usize] = [&[]; MAX_SUBGEN_SIZE as usize];
+                let mut m = 0;
+                for (wi, &word) in words[..w.div_ceil(64)].iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let j = wi * 64 + bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        srcs[m] = self.column(column_at(&cols, j));
+                        m += 1;
+                    }
+                }
+                self.kernel.xor_multi(dst, &srcs[..m]);
+            }
+            Field::Gf256 => {
+                let mut coefs = [0u8; MAX_SUBGEN_SIZE as usize];
+                gf256_from_seed(seed, w, &mut coefs);
+                let mut srcs: [(&[u8], u8); MAX_SUBGEN_SIZE as usize] =
+                    [(&[], 0); MAX_SUBGEN_SIZE as usize];
+                let mut m = 0;
+                for (j, &c) in coefs[..w].iter().enumerate() {
+                    if c != 0 {
+                        srcs[m] = (self.column(column_at(&cols, j)), c);
+                        m += 1;
+                    }
+                }
+                self.kernel.mul_add_multi(dst, &srcs[..m]);
+            }
+        }
+    }
+}
+
+#[inline]
+fn column_at(cols: &SubgenColumns<'_>, j: usize) -> u32 {
+    cols.column(j)
+}
+
+/// A step coprime with `k` near `k / golden ratio` (1 for `k <= 2`).
+fn interleave_step(k: u64) -> u64 {
+    if k <= 2 {
+        return 1;
+    }
+    let mut step = ((k as f64) * 0.618_033_988_75).round().max(1.0) as u64;
+    while gcd(step, k) != 1 {
+        step += 1;
+    }
+    step
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::CodeParams;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn checks_are_xor_of_sources_and_tail_is_padded() {
+        let l = CodeParams::new(10_050).symbol_size(100).validate().unwrap();
+        let d = data(10_050);
+        let e = Encoder::new(&l, &d).unwrap();
+        let last = e.column(l.source_count() - 1);
+        assert_eq!(&last[..50], &d[10_000..]);
+        assert!(last[50..].iter().all(|&b| b == 0));
+        for r in 0..l.check_count() {
+            let mut acc = vec![0u8; 100];
+            for &c in l.check_sources(r) {
+                for (a, b) in acc.iter_mut().zip(e.column(c)) {
+                    *a ^= b;
+                }
+            }
+            assert_eq!(acc, e.column(l.source_count() + r));
+        }
+    }
+
+    #[test]
+    fn systematic_order_is_an_interleaved_permutation() {
+        let l = CodeParams::new(100 * 97)
+            .symbol_size(100)
+            .systematic(true)
+            .validate()
+            .unwrap();
+        let d = data(100 * 97);
+        let e = Encoder::new(&l, &d).unwrap();
+        let s = Stream::new(5);
+        let idx: Vec<u32> = (0..97)
+            .map(|n| match e.plan(&s, n).unwrap() {
+                PacketPlan::Systematic { index } => index,
+                p => panic!("{p:?}"),
+            })
+            .collect();
+        let mut sorted = idx.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..97).collect::<Vec<_>>());
+        assert!(idx.windows(2).all(|w| w[0].abs_diff(w[1]) > 1));
+        assert!(matches!(e.plan(&s, 97), Some(PacketPlan::Coded { .. })));
+    }
+
+    #[test]
+    fn schedule_weights_edges() {
+        let l = CodeParams::new(1280 * 2000).validate().unwrap();
+        let d = data(1280 * 2000);
+        let e = Encoder::new(&l, &d).unwrap();
+        let g = l.subgen_count() as usize;
+        let mut hits = vec![0u32; g];
+        let n = 100 * g as u64;
+        for i in 0..n {
+            let PacketPlan::Coded { subgen, .. } = e.plan(&Stream::new(1), i).unwrap() else {
+                panic!()
+            };
+            hits[subgen as usize] += 1;
+        }
+        // Edge weight 2.5, interior 1: the Weyl sequence keeps counts within a few of ideal.
+        let unit = n as f64 / (g as f64 - 2.0 + 5.0);
+        for (i, &h) in hits.iter().enumerate() {
+            let ideal = if i == 0 || i == g - 1 {
+                2.5 * unit
+            } else {
+                unit
+            };
+            assert!(
+                (h as f64 - ideal).abs() <= 3.0,
+                "subgen {i}: {h} vs {ideal}"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_equals_single_writes() {
+        for field in [Field::Gf2, Field::Gf256] {
+            let l = CodeParams::new(50_000)
+                .symbol_size(64)
+                .field(field)
+                .validate()
+                .unwrap();
+            let d = data(50_000);
+            let e = Encoder::new(&l, &d).unwrap();
+            let slot = packet::max_len(&l);
+            let mut streams: Vec<Stream> = (0..70).map(|k| Stream::with_schedule(k, 9)).collect();
+            let mut out = vec![0u8; slot * 70];
+            e.write_fanout(&mut streams, &mut out, slot).unwrap();
+            for k in 0..70u64 {
+                let plan = e.plan(&Stream::with_schedule(k, 9), 0).unwrap();
+                let mut one = vec![0u8; slot];
+                let n = e.write(&plan, &mut one).unwrap();
+                let at = k as usize * slot;
+                assert_eq!(&out[at..at + n], &one[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_segment_has_no_packets() {
+        let l = CodeParams::new(0).validate().unwrap();
+        let e = Encoder::new(&l, &[]).unwrap();
+        assert_eq!(e.plan(&Stream::new(0), 0), None);
+        assert_eq!(
+            e.write_next(&mut Stream::new(0), &mut [0u8; 100]),
+            Err(EncodeError::Empty)
+        );
+        assert!(Encoder::new(&l, &[1]).is_err());
+    }
+}
