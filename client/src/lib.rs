@@ -1,1 +1,26 @@
-//! ccfd-client library part. (Work in progress: see issue 4.)
+//! ccfd-client: fetches one file from a ccfd server as streams of coded UDP packets (DESIGN.md §5).
+//!
+//! Threads of a `get`:
+//! - the **control thread** runs a tokio current-thread runtime with the TCP control connection: it asks
+//!   for the file meta, requests segments one by one, heartbeats with receive statistics, sends
+//!   `StopSegment` as soon as a segment decodes and `Exit` at the end, and reconnects with backoff when
+//!   the server goes away;
+//! - the **decoder thread** (the calling thread, pinned to a core) receives data packets on its UDP
+//!   socket through `ccfd-ring`, checks header, session and MAC, decodes straight into the mmapped
+//!   output (`PATH.part`), verifies each segment's BLAKE3 digest, records it in the resume record and
+//!   hands a copy of every verified packet to the cooperation queue ([`coop`]) of the future
+//!   cooperation shard.
+//!
+//! The module [`output`] owns the partial file, [`resume`] its resume record, [`stats`] the counters and
+//! the `--json` summary, [`exit`] the process exit codes and [`error`] the typed errors behind them.
+pub mod cli;
+pub mod coop;
+pub mod error;
+pub mod exit;
+pub mod output;
+pub mod progress;
+pub mod resume;
+pub mod stats;
+
+pub use error::ClientError;
+pub use exit::ExitCode;

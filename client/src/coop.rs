@@ -1,0 +1,94 @@
+//! The hand-off from the decoder thread to the cooperation shard (issue 5, DESIGN.md §5).
+//!
+//! The decoder thread pushes a copy of every verified data packet (header checked, MAC good, accepted by
+//! the decoder) of the segment it is receiving into a bounded lock-free [`ArrayQueue`]. The push never
+//! blocks: when the queue is full the packet is dropped and counted (`coop_dropped_full`), because the
+//! decoder must never wait on cooperation.
+//!
+//! Until the cooperation shard exists nobody pops from the queue: it fills to capacity and every later
+//! packet is counted as dropped-when-full. The shard will pop [`VerifiedPacket`]s into its recoding buffer
+//! for `segment`, and use `session` to tell which packets belong to the segment peers asked for.
+
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::stats::Counters;
+
+/// Default capacity of the queue, in packets (about 5 MiB of 1.3 KB packets).
+pub const DEFAULT_CAPACITY: usize = 4096;
+
+/// A copy of one verified data packet for the cooperation shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPacket {
+    /// Segment index in the file.
+    pub segment: u32,
+    /// Server session id the packet came under.
+    pub session: u32,
+    /// The codec payload (coefficients or seed, then symbols) exactly as fed to the decoder.
+    pub payload: Vec<u8>,
+}
+
+/// The decoder's end of the cooperation queue.
+#[derive(Clone, Debug)]
+pub struct CoopQueue {
+    queue: Arc<ArrayQueue<VerifiedPacket>>,
+}
+
+impl CoopQueue {
+    /// A queue of `capacity` packets (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        CoopQueue {
+            queue: Arc::new(ArrayQueue::new(capacity.max(1))),
+        }
+    }
+
+    /// Hands a packet over without blocking; counts it as forwarded or dropped-when-full.
+    pub fn offer(&self, packet: VerifiedPacket, counters: &Counters) {
+        match self.queue.push(packet) {
+            Ok(()) => Counters::add(&counters.coop_forwarded, 1),
+            Err(_) => Counters::add(&counters.coop_dropped_full, 1),
+        }
+    }
+
+    /// The consumer's handle (for the cooperation shard).
+    pub fn consumer(&self) -> Arc<ArrayQueue<VerifiedPacket>> {
+        Arc::clone(&self.queue)
+    }
+
+    /// Packets waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether no packet is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn full_queue_drops_and_counts_without_blocking() {
+        let counters = Counters::default();
+        let queue = CoopQueue::new(2);
+        for i in 0..5 {
+            queue.offer(
+                VerifiedPacket {
+                    segment: 0,
+                    session: 1,
+                    payload: vec![i],
+                },
+                &counters,
+            );
+        }
+        assert_eq!(queue.len(), 2);
+        assert_eq!(counters.coop_forwarded.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.coop_dropped_full.load(Ordering::Relaxed), 3);
+        assert_eq!(queue.consumer().pop().unwrap().payload, vec![0]);
+    }
+}
