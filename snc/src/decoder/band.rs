@@ -1,0 +1,396 @@
+//! The band decoder: compact rows, lazy payload work, and the precode solved over the holes.
+//!
+//! Per packet only coefficients are touched ([`rows`]): the window is reduced against the
+//! stored rows (one `u64` XOR and a trailing-zero count per step for GF(2)), and an innovative
+//! packet's symbol is copied once into the slot of its pivot column ([`slots`]), which is the
+//! caller's output buffer for source columns. The pivots it was reduced against are recorded.
+//! A redundant packet therefore costs no payload work at all.
+//!
+//! When the rows leave `h <= C` holes, the hole system is tried ([`holes`], coefficients
+//! only); if the checks leave `d` holes undetermined, the next try waits for `d` more
+//! innovative packets (each can lower the deficiency by at most one, so completion is
+//! detected at the same packet as by a dense Gaussian decoder). Once it is solvable, the
+//! payload work runs as streaming passes whose working set is a window of `~2w` symbols:
+//! 1. forward, ascending: `m_p = s_p (raw_p + sum c_q m_q)` over the recorded pivots;
+//! 2. back-substitution, descending: `v_p = m_p + sum U_pj v_j` (holes count as zero), each
+//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks;
+//! 3. the holes: `x_h` from the check sums (`~h * C / 2` symbol operations);
+//! 4. fix-up, descending from the last hole: `d = U_nh^-1 (U_h x_h)` in a ring of `w`
+//!    symbols, `x_p = v_p + d_p` in place.
+
+mod holes;
+mod rows;
+mod slots;
+
+use crate::coeffs::CoeffRow;
+use crate::field::Kernel;
+use crate::layout::Layout;
+use crate::params::Field;
+use holes::{checks_of, Combos, Solve};
+use rows::{Pivots, Rows, Walk};
+use slots::{combine, Slots};
+
+/// Outcome of one push into the band decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BandPush {
+    /// New row stored; not complete yet.
+    Innovative,
+    /// Reduced to zero.
+    Redundant,
+    /// This packet completed the decode; the output buffer holds the segment.
+    Complete,
+}
+
+/// Band decoder state for one segment.
+#[derive(Debug)]
+pub(crate) struct BandDecoder<'a> {
+    layout: Layout,
+    kernel: Kernel,
+    n: u32,
+    w: u32,
+    slots: Slots<'a>,
+    pivots: Pivots,
+    rows: Rows,
+    /// Per pivot column: start and length of its recorded pivots in `hit_cols`.
+    hit_start: Vec<usize>,
+    hit_len: Vec<u32>,
+    hit_cols: Vec<u32>,
+    /// Byte rows: the multiplier of each recorded pivot, and `1 / lead` per pivot column.
+    hit_coefs: Vec<u8>,
+    inv_lead: Vec<u8>,
+    /// Scratch of one walk.
+    walk_cols: Vec<u32>,
+    walk_coefs: Vec<u8>,
+    wide: Vec<u8>,
+    rank: u32,
+    /// Rank at which the next hole solve is worth trying.
+    next_try: u32,
+    solve_tries: u32,
+    complete: bool,
+    peak_bytes: usize,
+}
+
+impl<'a> BandDecoder<'a> {
+    /// A decoder for `layout` (band code, `N > 0`) writing into `out` (`segment_len` bytes).
+    pub(crate) fn new(layout: &Layout, kernel: Kernel, out: &'a mut [u8]) -> BandDecoder<'a> {
+        let n = layout.column_count();
+        let w = layout.window();
+        let sym = layout.symbol_size();
+        let bits = layout.field() == Field::Gf2 && w <= 64;
+        let rows = if bits {
+            Rows::bits(n)
+        } else {
+            Rows::bytes(n, w as usize)
+        };
+        let mut d = BandDecoder {
+            layout: layout.clone(),
+            kernel,
+            n,
+            w,
+            slots: Slots::new(out, n, sym),
+            pivots: Pivots::new(n),
+            rows,
+            hit_start: vec![0; n as usize],
+            hit_len: vec![0; n as usize],
+            hit_cols: Vec::new(),
+            hit_coefs: Vec::new(),
+            inv_lead: if bits {
+                Vec::new()
+            } else {
+                vec![1; n as usize]
+            },
+            walk_cols: Vec::new(),
+            walk_coefs: Vec::new(),
+            wide: vec![0; w as usize],
+            rank: 0,
+            next_try: n.saturating_sub(layout.check_count()),
+            solve_tries: 0,
+            complete: false,
+            peak_bytes: 0,
+        };
+        d.note_memory(0);
+        d
+    }
+
+    /// Number of stored rows (innovative packets).
+    pub(crate) fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Whether the segment is decoded.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Hole-solve attempts made so far.
+    pub(crate) fn solve_tries(&self) -> u32 {
+        self.solve_tries
+    }
+
+    /// Peak bytes this decoder allocated (excluding the caller's output buffer).
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.peak_bytes
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.slots.side_bytes()
+            + self.pivots.bytes()
+            + self.rows.bytes_used()
+            + self.hit_start.capacity() * 8
+            + self.hit_len.capacity() * 4
+            + self.hit_cols.capacity() * 4
+            + self.hit_coefs.capacity()
+            + self.inv_lead.capacity()
+            + self.walk_cols.capacity() * 4
+            + self.walk_coefs.capacity()
+            + self.wide.capacity()
+    }
+
+    fn note_memory(&mut self, transient: usize) {
+        self.peak_bytes = self.peak_bytes.max(self.held_bytes() + transient);
+    }
+
+    /// Pushes one packet's coefficients (a contiguous window) and symbol.
+    pub(crate) fn push(&mut self, coeffs: &CoeffRow, symbol: &[u8]) -> BandPush {
+        if self.complete {
+            return BandPush::Redundant;
+        }
+        let first = coeffs
+            .first_column()
+            .expect("band and systematic packets have contiguous windows");
+        self.walk_cols.clear();
+        self.walk_coefs.clear();
+        let walk = match &mut self.rows {
+            Rows::Bits(_) => {
+                let v = coeffs.gf2_words().first().copied().unwrap_or(0);
+                self.rows
+                    .walk_bits(&mut self.pivots, first, v, &mut self.walk_cols)
+            }
+            Rows::Bytes { .. } => {
+                let len = coeffs.len();
+                match coeffs.field() {
+                    Field::Gf256 => self.wide[..len].copy_from_slice(coeffs.gf256_bytes()),
+                    Field::Gf2 => {
+                        for (j, b) in self.wide[..len].iter_mut().enumerate() {
+                            *b = coeffs.get(j);
+                        }
+                    }
+                }
+                self.rows.walk_bytes(
+                    self.kernel,
+                    &mut self.pivots,
+                    first,
+                    &self.wide[..len],
+                    &mut self.walk_cols,
+                    &mut self.walk_coefs,
+                )
+            }
+        };
+        let Walk::Stored { pivot, lead } = walk else {
+            return BandPush::Redundant;
+        };
+        let p = pivot as usize;
+        self.hit_start[p] = self.hit_cols.len();
+        self.hit_len[p] = self.walk_cols.len() as u32;
+        self.hit_cols.extend_from_slice(&self.walk_cols);
+        if !self.inv_lead.is_empty() {
+            self.hit_coefs.extend_from_slice(&self.walk_coefs);
+            self.inv_lead[p] = crate::field::gf256::inv(lead);
+        }
+        self.slots.get_mut(pivot).copy_from_slice(symbol);
+        self.rank += 1;
+        if self.rank >= self.next_try {
+            self.try_finish();
+        }
+        if self.complete {
+            BandPush::Complete
+        } else {
+            BandPush::Innovative
+        }
+    }
+
+    /// Tries the hole solve; on success runs the payload passes and completes.
+    fn try_finish(&mut self) {
+        let holes = self.pivots.holes(self.n);
+        let c = self.layout.check_count();
+        if holes.len() as u32 > c {
+            self.next_try = self.n - c;
+            return;
+        }
+        self.solve_tries += 1;
+        let mut scratch = 0;
+        let solve = holes::solve(
+            &self.layout,
+            self.kernel,
+            &self.rows,
+            &self.pivots,
+            self.w,
+            holes,
+            &mut scratch,
+        );
+        self.note_memory(scratch);
+        match solve {
+            Solve::Deficient(d) => self.next_try = self.rank + d,
+            Solve::Solved { holes, combos } => {
+                self.note_memory(combos.bytes() + holes.capacity() * 4);
+                self.payload_passes(&holes, &combos);
+                self.complete = true;
+                self.release();
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        let k = self.layout.source_count();
+        self.slots.finish(k);
+        self.rows = Rows::Bits(Vec::new());
+        self.pivots = Pivots::default();
+        self.hit_start = Vec::new();
+        self.hit_len = Vec::new();
+        self.hit_cols = Vec::new();
+        self.hit_coefs = Vec::new();
+        self.inv_lead = Vec::new();
+        self.walk_cols = Vec::new();
+        self.walk_coefs = Vec::new();
+    }
+
+    fn payload_passes(&mut self, holes: &[u32], combos: &Combos) {
+        let kernel = self.kernel;
+        let sym = self.layout.symbol_size();
+        let n = self.n;
+        let bytes_rows = !self.inv_lead.is_empty();
+
+        // 1. Forward: replay the recorded reductions in pivot order.
+        for p in 0..n {
+            if !self.pivots.get(p) {
+                continue;
+            }
+            let (s, len) = (
+                self.hit_start[p as usize],
+                self.hit_len[p as usize] as usize,
+            );
+            if len > 0 {
+                let cols = &self.hit_cols[s..s + len];
+                let (dst, others) = self.slots.split_at(p);
+                if bytes_rows {
+                    let coefs = &self.hit_coefs[s..s + len];
+                    combine(
+                        kernel,
+                        dst,
+                        cols.iter().zip(coefs).map(|(&q, &k)| (others.get(q), k)),
+                    );
+                } else {
+                    combine(kernel, dst, cols.iter().map(|&q| (others.get(q), 1)));
+                }
+            }
+            if bytes_rows {
+                let s = self.inv_lead[p as usize];
+                if s != 1 {
+                    kernel.scale(self.slots.get_mut(p), s);
+                }
+            }
+        }
+
+        // 2. Back-substitution with holes as zero; fold each v_p into its checks' sums.
+        let c = self.layout.check_count() as usize;
+        let mut rhs = if holes.is_empty() {
+            Vec::new()
+        } else {
+            vec![0u8; c * sym]
+        };
+        self.note_memory(rhs.capacity() + combos.bytes());
+        for p in (0..n).rev() {
+            if !self.pivots.get(p) {
+                continue;
+            }
+            {
+                let (dst, others) = self.slots.split_at(p);
+                let rows = &self.rows;
+                let pivots = &self.pivots;
+                let mut terms: [(u32, u8); 256] = [(0, 0); 256];
+                let mut nt = 0;
+                rows.for_each_entry(p, |j, k| {
+                    if pivots.get(j) {
+                        terms[nt] = (j, k);
+                        nt += 1;
+                    }
+                });
+                combine(
+                    kernel,
+                    dst,
+                    terms[..nt].iter().map(|&(j, k)| (others.get(j), k)),
+                );
+            }
+            if !rhs.is_empty() {
+                let all = self.slots.all();
+                let v = all.get(p);
+                for r in checks_of(&self.layout, p) {
+                    kernel.xor(&mut rhs[r as usize * sym..][..sym], v);
+                }
+            }
+        }
+        if holes.is_empty() {
+            return;
+        }
+
+        // 3. Hole values from the check sums.
+        for (i, &hcol) in holes.iter().enumerate() {
+            let dst = self.slots.get_mut(hcol);
+            dst.fill(0);
+            let mut terms: Vec<(u32, u8)> = Vec::new();
+            combos.for_each_term(i, |r, k| terms.push((r, k)));
+            combine(
+                kernel,
+                dst,
+                terms
+                    .iter()
+                    .map(|&(r, k)| (&rhs[r as usize * sym..][..sym], k)),
+            );
+        }
+        drop(rhs);
+
+        // 4. Fix-up: d = U_nh^-1 (U_h x_h), descending from the last hole; x_p = v_p + d_p.
+        let last = *holes.last().expect("non-empty");
+        let ring_slots = (self.w as usize).next_power_of_two();
+        let mask = ring_slots as u32 - 1;
+        let mut ring = vec![0u8; ring_slots * sym];
+        // live[i]: ring slot i holds a non-zero d (for a column below `last`).
+        let mut live = vec![false; ring_slots];
+        self.note_memory(ring.capacity() + combos.bytes());
+        for p in (0..last).rev() {
+            if !self.pivots.get(p) {
+                continue;
+            }
+            let slot = (p & mask) as usize;
+            let (lo, rest) = ring.split_at_mut(slot * sym);
+            let (dst, hi) = rest.split_at_mut(sym);
+            dst.fill(0);
+            let ring_get = |j: u32| -> &[u8] {
+                let s = (j & mask) as usize;
+                if s < slot {
+                    &lo[s * sym..][..sym]
+                } else {
+                    &hi[(s - slot - 1) * sym..][..sym]
+                }
+            };
+            let all = self.slots.all();
+            let mut terms: [(&[u8], u8); 256] = [(&[], 0); 256];
+            let mut nt = 0;
+            let pivots = &self.pivots;
+            self.rows.for_each_entry(p, |j, k| {
+                if !pivots.get(j) {
+                    terms[nt] = (all.get(j), k);
+                    nt += 1;
+                } else if j < last && live[(j & mask) as usize] {
+                    terms[nt] = (ring_get(j), k);
+                    nt += 1;
+                }
+            });
+            live[slot] = nt > 0;
+            if nt > 0 {
+                combine(kernel, dst, terms[..nt].iter().copied());
+                kernel.xor(self.slots.get_mut(p), dst);
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The precode solve over the holes (columns without a pivot row), coefficients only.
+//!
+//! With `U x = m` the stored rows, split the columns into pivots (`nh`) and holes (`h`):
+//! `x_nh = v + W x_h` with `v = U_nh^-1 m` and `W = U_nh^-1 U_h`. Every check `r` says
+//! `P[r] x = 0`, so over the holes
+//!
+//! `A x_h = P_nh v` with `A = P_h + Y U_h` and `Y = P_nh U_nh^-1`.
+//!
+//! `Y` is computed column by column from the left (`Y_p = P_p + sum_q U_qp Y_q` over the
+//! pivot rows `q` in `(p - w, p)`), so only a ring of `w` columns of `C` entries is live; the
+//! same recurrence evaluated at a hole column gives that hole's column of `A`. The sweep stops
+//! at the last hole. `A` (`C x h`) is then reduced Gauss-Jordan style with the identity
+//! appended, which yields for every hole the combination of checks that gives its value, or
+//! the rank deficiency when the checks cannot resolve the holes yet.
+
+use super::rows::{Pivots, Rows};
+use crate::field::{gf256, Kernel};
+use crate::layout::Layout;
+
+/// Checks (`0..C`) containing column `p`.
+#[inline]
+pub(crate) fn checks_of(layout: &Layout, p: u32) -> CheckIter<'_> {
+    let k = layout.source_count();
+    if p < k {
+        CheckIter::Sources(layout.source_checks(p).iter())
+    } else {
+        CheckIter::One(Some(p - k))
+    }
+}
+
+/// Iterator over the checks of one column.
+pub(crate) enum CheckIter<'l> {
+    Sources(std::slice::Iter<'l, u32>),
+    One(Option<u32>),
+}
+
+impl Iterator for CheckIter<'_> {
+    type Item = u32;
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            CheckIter::Sources(it) => it.next().copied(),
+            CheckIter::One(o) => o.take(),
+        }
+    }
+}
+
+/// How the hole values follow from the check right-hand sides.
+#[derive(Debug)]
+pub(crate) enum Combos {
+    /// GF(2): `h` rows of `cw` words; bit `r` of row `i` = check `r` is in hole `i`'s sum.
+    Bits { cw: usize, words: Vec<u64> },
+    /// GF(2^8): `h` rows of `C` coefficients.
+    Bytes { c: usize, coefs: Vec<u8> },
+}
+
+impl Combos {
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Combos::Bits { words, .. } => words.capacity() * 8,
+            Combos::Bytes { coefs, .. } => coefs.capacity(),
+        }
+    }
+
+    /// Calls `f(check, coefficient)` for the non-zero terms of hole `i`'s value.
+    pub(crate) fn for_each_term(&self, i: usize, mut f: impl FnMut(u32, u8)) {
+        match self {
+            Combos::Bits { cw, words } => {
+                for (wi, &w) in words[i * cw..][..*cw].iter().enumerate() {
+                    let mut b = w;
+                    while b != 0 {
+                        f(wi as u32 * 64 + b.trailing_zeros(), 1);
+                        b &= b - 1;
+                    }
+                }
+            }
+            Combos::Bytes { c, coefs } => {
+                for (r, &k) in coefs[i * c..][..*c].iter().enumerate() {
+                    if k != 0 {
+                        f(r as u32, k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Result of one solve attempt.
+#[derive(Debug)]
+pub(crate) enum Solve {
+    /// The holes (ascending) and how to compute each from the check sums.
+    Solved { holes: Vec<u32>, combos: Combos },
+    /// The checks leave this many holes undetermined.
+    Deficient(u32),
+}
+
+/// Attempts the hole solve for the current rows. `holes` ascending, `holes.len() <= C`.
+/// `scratch_bytes` receives the peak transient memory used.
+pub(crate) fn solve(
+    layout: &Layout,
+    kernel: Kernel,
+    rows: &Rows,
+    pivots: &Pivots,
+    w: u32,
+    holes: Vec<u32>,
+    scratch_bytes: &mut usize,
+) -> Solve {
+    if holes.is_empty() {
+        return Solve::Solved {
+            holes,
+            combos: Combos::Bits {
+                cw: 0,
+                words: Vec::new(),
+            },
+        };
+    }
+    match rows {
+        Rows::Bits(bits) => solve_bits(layout, bits, pivots, w, holes, scratch_bytes),
+        Rows::Bytes { .. } => solve_bytes(layout, kernel, rows, pivots, w, holes, scratch_bytes),
+    }
+}
+
+fn solve_bits(
+    layout: &Layout,
+    rows: &[u64],
+    pivots: &Pivots,
+    w: u32,
+    holes: Vec<u32>,
+    scratch_bytes: &mut usize,
+) -> Solve {
+    let c = layout.check_count() as usize;
+    let h = holes.len();
+    let cw = c.div_ceil(64);
+    let last = *holes.last().expect("non-empty");
+    // Ring of Y columns, 64 slots (w <= 64), and A by columns.
+    let mut ring = vec![0u64; 64 * cw];
+    let mut acol = vec![0u64; h * cw];
+    let mut z = vec![0u64; cw];
+    let mut hi = 0usize;
+    for p in 0..=last {
+        z.fill(0);
+        for r in checks_of(layout, p) {
+            z[r as usize / 64] ^= 1 << (r % 64);
+        }
+        let lo = p.saturating_sub(w - 1);
+        for q in lo..p {
+            if pivots.get(q) && (rows[q as usize] >> (p - q)) & 1 == 1 {
+                let y = &ring[(q % 64) as usize * cw..][..cw];
+                for (a, b) in z.iter_mut().zip(y) {
+                    *a ^= b;
+                }
+            }
+        }
+        if pivots.get(p) {
+            ring[(p % 64) as usize * cw..][..cw].copy_from_slice(&z);
+        } else {
+            acol[hi * cw..][..cw].copy_from_slice(&z);
+            hi += 1;
+        }
+    }
+    debug_assert_eq!(hi, h);
+    drop(ring);
+    // Rows of [A | I]: hw words of A then cw words of identity.
+    let hw = h.div_ceil(64);
+    let rw = hw + cw;
+    let mut m = vec![0u64; c * rw];
+    for (i, col) in acol.chunks_exact(cw).enumerate() {
+        for (wi, &word) in col.iter().enumerate() {
+            let mut b = word;
+            while b != 0 {
+                let r = wi * 64 + b.trailing_zeros() as usize;
+                m[r * rw + i / 64] |= 1 << (i % 64);
+                b &= b - 1;
+            }
+        }
+    }
+    drop(acol);
+    for r in 0..c {
+        m[r * rw + hw + r / 64] |= 1 << (r % 64);
+    }
+    *scratch_bytes = (*scratch_bytes).max((c * rw + 64 * cw + h * cw) * 8);
+    let mut pivot_row = vec![usize::MAX; h];
+    let mut rank = 0usize;
+    let mut tmp = vec![0u64; rw];
+    for i in 0..h {
+        let (wi, bit) = (i / 64, 1u64 << (i % 64));
+        let Some(r) = (rank..c).find(|&r| m[r * rw + wi] & bit != 0) else {
+            continue;
+        };
+        if r != rank {
+            for j in 0..rw {
+                m.swap(r * rw + j, rank * rw + j);
+            }
+        }
+        tmp.copy_from_slice(&m[rank * rw..][..rw]);
+        for r2 in 0..c {
+            if r2 != rank && m[r2 * rw + wi] & bit != 0 {
+                for (a, b) in m[r2 * rw..][..rw].iter_mut().zip(&tmp) {
+                    *a ^= b;
+                }
+            }
+        }
+        pivot_row[i] = rank;
+        rank += 1;
+    }
+    if rank < h {
+        return Solve::Deficient((h - rank) as u32);
+    }
+    let mut words = vec![0u64; h * cw];
+    for (i, &r) in pivot_row.iter().enumerate() {
+        words[i * cw..][..cw].copy_from_slice(&m[r * rw + hw..][..cw]);
+    }
+    Solve::Solved {
+        holes,
+        combos: Combos::Bits { cw, words },
+    }
+}
+
+fn solve_bytes(
+    layout: &Layout,
+    kernel: Kernel,
+    rows: &Rows,
+    pivots: &Pivots,
+    w: u32,
+    holes: Vec<u32>,
+    scratch_bytes: &mut usize,
+) -> Solve {
+    let c = layout.check_count() as usize;
+    let h = holes.len();
+    let last = *holes.last().expect("non-empty");
+    let slots = (w as usize).next_power_of_two();
+    let mask = slots as u32 - 1;
+    let mut ring = vec![0u8; slots * c];
+    let mut acol = vec![0u8; h * c];
+    let mut z = vec![0u8; c];
+    let mut hi = 0usize;
+    for p in 0..=last {
+        z.fill(0);
+        for r in checks_of(layout, p) {
+            z[r as usize] ^= 1;
+        }
+        let lo = p.saturating_sub(w - 1);
+        for q in lo..p {
+            if pivots.get(q) {
+                let u = rows.entry(q, p);
+                if u != 0 {
+                    kernel.mul_add(&mut z, &ring[(q & mask) as usize * c..][..c], u);
+                }
+            }
+        }
+        if pivots.get(p) {
+            ring[(p & mask) as usize * c..][..c].copy_from_slice(&z);
+        } else {
+            acol[hi * c..][..c].copy_from_slice(&z);
+            hi += 1;
+        }
+    }
+    debug_assert_eq!(hi, h);
+    drop(ring);
+    let rw = h + c;
+    let mut m = vec![0u8; c * rw];
+    for (i, col) in acol.chunks_exact(c).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            m[r * rw + i] = v;
+        }
+    }
+    drop(acol);
+    for r in 0..c {
+        m[r * rw + h + r] = 1;
+    }
+    *scratch_bytes = (*scratch_bytes).max(c * rw + slots * c + h * c);
+    let mut pivot_row = vec![usize::MAX; h];
+    let mut rank = 0usize;
+    let mut tmp = vec![0u8; rw];
+    for i in 0..h {
+        let Some(r) = (rank..c).find(|&r| m[r * rw + i] != 0) else {
+            continue;
+        };
+        if r != rank {
+            for j in 0..rw {
+                m.swap(r * rw + j, rank * rw + j);
+            }
+        }
+        let s = gf256::inv(m[rank * rw + i]);
+        kernel.scale(&mut m[rank * rw..][..rw], s);
+        tmp.copy_from_slice(&m[rank * rw..][..rw]);
+        for r2 in 0..c {
+            let f = m[r2 * rw + i];
+            if r2 != rank && f != 0 {
+                kernel.mul_add(&mut m[r2 * rw..][..rw], &tmp, f);
+            }
+        }
+        pivot_row[i] = rank;
+        rank += 1;
+    }
+    if rank < h {
+        return Solve::Deficient((h - rank) as u32);
+    }
+    let mut coefs = vec![0u8; h * c];
+    for (i, &r) in pivot_row.iter().enumerate() {
+        coefs[i * c..][..c].copy_from_slice(&m[r * rw + h..][..c]);
+    }
+    Solve::Solved {
+        holes,
+        combos: Combos::Bytes { c, coefs },
+    }
+}
