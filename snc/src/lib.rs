@@ -17,13 +17,14 @@
 //! [`prng`] (counter-based generator), [`packet`] (payload wire format), [`coeffs`] (a packet's
 //! coefficients as a row over the columns), [`field`] (GF kernels).
 pub mod coeffs;
-pub mod encoder;
 pub mod decoder;
+pub mod encoder;
 pub mod field;
 pub mod layout;
 pub mod packet;
 pub mod params;
 pub mod prng;
+pub mod recoder;
 
 pub use layout::Layout;
 pub use packet::{PacketError, PacketKind, PacketView};
