@@ -811,11 +811,10 @@ impl SessionTable {
         // least recommended so far, so that load spreads.
         candidates.sort_by_key(|a| (a.0, a.1, a.2, a.3));
         candidates.truncate(self.config.max_peers.min(MAX_PEERS));
-        if let Some(file) = self.coop.get_mut(&name) {
-            for c in &candidates {
-                if let Some(m) = file.members.get_mut(&c.3) {
-                    m.recommended += 1;
-                }
+        // Rotate the head of the list among equals: the peer listed first is charged for it.
+        if let (Some(file), Some(first)) = (self.coop.get_mut(&name), candidates.first()) {
+            if let Some(m) = file.members.get_mut(&first.3) {
+                m.recommended += 1;
             }
         }
         Reply::Send(Frame::PeerList {
@@ -907,7 +906,8 @@ impl SessionTable {
     }
 
     /// Max-min fair split of the egress cap over the receivers' demands; emits `AddReceiver` for new
-    /// receivers and `SetRate` for rates that moved by more than 1/32.
+    /// receivers, `SetRate` for every cut and for raises of more than 1/32, so the sum of the rates
+    /// the shards use never exceeds the cap.
     fn reallocate_rates(&mut self) {
         let mut demands: Vec<(u64, SessionId, ClientId)> = self
             .sessions
@@ -945,7 +945,8 @@ impl SessionTable {
                         addr: r.addr,
                         rate_bps: rate,
                     }));
-            } else if r.rate_bps.abs_diff(rate) > r.rate_bps / 32 {
+            } else if rate < r.rate_bps || rate - r.rate_bps > r.rate_bps / 32 {
+                // Cuts apply at once (the cap holds); raises only past a 1/32 step (less chatter).
                 r.rate_bps = rate;
                 self.out
                     .push_back(TableOutput::Shard(ShardCommand::SetRate {
