@@ -28,6 +28,7 @@ use crate::layout::Layout;
 use crate::packet::{self, PacketError, PacketView};
 use crate::params::CodeKind;
 use band::{BandDecoder, BandPush};
+use dense::{DenseDecoder, DenseError, DensePush};
 use thiserror::Error;
 
 /// What one accepted packet did.
@@ -55,13 +56,18 @@ pub enum DecodeError {
         /// Buffer length.
         got: usize,
     },
-    /// Temporary: random grouping needs the dense decoder.
-    #[error("random grouping is not decodable yet")]
-    Unsupported,
+    /// The dense engine (random grouping) refused the layout or failed.
+    #[error("dense decoder: {0}")]
+    Dense(#[from] DenseError),
 }
 
 enum Engine<'a> {
     Band(BandDecoder<'a>),
+    /// Random grouping: the dense decoder, finished into `out` once complete.
+    Dense {
+        dec: Box<DenseDecoder>,
+        out: &'a mut [u8],
+    },
     /// A segment of length 0: complete from the start.
     Empty,
 }
@@ -109,7 +115,10 @@ impl<'a> Decoder<'a> {
         } else {
             match layout.kind() {
                 CodeKind::Band => Engine::Band(BandDecoder::new(layout, kernel, out)),
-                CodeKind::Random => return Err(DecodeError::Unsupported),
+                CodeKind::Random => Engine::Dense {
+                    dec: Box::new(DenseDecoder::with_kernel(layout, kernel)?),
+                    out,
+                },
             }
         };
         Ok(Decoder {
@@ -157,6 +166,14 @@ impl<'a> Decoder<'a> {
                 BandPush::Redundant => Progress::Redundant,
                 BandPush::Complete => Progress::Complete,
             },
+            Engine::Dense { dec, out } => match dec.push_row(&self.row, view.symbol)? {
+                DensePush::Redundant => Progress::Redundant,
+                DensePush::Innovative if dec.is_complete() => {
+                    dec.finish(out)?;
+                    Progress::Complete
+                }
+                DensePush::Innovative => Progress::Innovative,
+            },
             Engine::Empty => Progress::Complete,
         };
         if progress == Progress::Redundant {
@@ -169,6 +186,7 @@ impl<'a> Decoder<'a> {
     pub fn is_complete(&self) -> bool {
         match &self.engine {
             Engine::Band(b) => b.is_complete(),
+            Engine::Dense { dec, .. } => dec.is_complete(),
             Engine::Empty => true,
         }
     }
@@ -177,6 +195,7 @@ impl<'a> Decoder<'a> {
     pub fn rank(&self) -> u32 {
         match &self.engine {
             Engine::Band(b) => b.rank(),
+            Engine::Dense { dec, .. } => dec.rank() - self.layout.check_count(),
             Engine::Empty => 0,
         }
     }
