@@ -8,6 +8,9 @@
 //!
 //! Run: `cargo bench -p snc --bench field -- --warm-up-time 1 --measurement-time 2`.
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use snc::field::Kernel;
 use std::hint::black_box;

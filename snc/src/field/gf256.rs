@@ -279,4 +279,40 @@ mod tests {
         // Identity matrix as documented by Intel (0x0102040810204080).
         assert_eq!(AFFINE[1], 0x0102_0408_1020_4080);
     }
+
+    /// Pins the orientation of the matrix model (a transposed model would still pass the
+    /// identity check) with a published non-symmetric constant: GF2P8AFFINEINVQB with matrix
+    /// 0xF1E3C78F1F3E7CF8 and immediate 0x63 computes the AES S-box, i.e. the affine map applied
+    /// to the inverse in the AES field 0x11B.
+    #[test]
+    fn affine_model_reproduces_the_aes_sbox() {
+        fn aes_mul(a: u8, b: u8) -> u8 {
+            let (mut a, mut b, mut r) = (a as u16, b, 0u16);
+            while b != 0 {
+                if b & 1 != 0 {
+                    r ^= a;
+                }
+                a <<= 1;
+                if a & 0x100 != 0 {
+                    a ^= 0x11B;
+                }
+                b >>= 1;
+            }
+            r as u8
+        }
+        let aes_inv = |x: u8| (1..=255u8).find(|&y| aes_mul(x, y) == 1).unwrap_or(0);
+        for (x, sbox) in [
+            (0x00, 0x63),
+            (0x01, 0x7C),
+            (0x02, 0x77),
+            (0x53, 0xED),
+            (0xFF, 0x16),
+        ] {
+            assert_eq!(
+                affine_byte(0xF1E3_C78F_1F3E_7CF8, aes_inv(x), 0x63),
+                sbox,
+                "S({x:#x})"
+            );
+        }
+    }
 }
