@@ -104,6 +104,36 @@ macro_rules! region_kernels {
                 }
                 i += 8 * W;
             }
+            if i + 4 * W <= n {
+                // Half a block (e.g. 1280 = 2 x 512 + 256 bytes with 64-byte vectors).
+                // SAFETY: i + 4W <= n = dst.len(); unaligned loads.
+                let (mut a0, mut a1, mut a2, mut a3) = unsafe {
+                    (
+                        load(d.add(i)),
+                        load(d.add(i + W)),
+                        load(d.add(i + 2 * W)),
+                        load(d.add(i + 3 * W)),
+                    )
+                };
+                for src in srcs {
+                    let s = src.as_ptr();
+                    // SAFETY: i + 4W <= n <= src.len() (caller contract).
+                    unsafe {
+                        a0 = vxor(a0, load(s.add(i)));
+                        a1 = vxor(a1, load(s.add(i + W)));
+                        a2 = vxor(a2, load(s.add(i + 2 * W)));
+                        a3 = vxor(a3, load(s.add(i + 3 * W)));
+                    }
+                }
+                // SAFETY: i + 4W <= n = dst.len(); unaligned stores.
+                unsafe {
+                    store(d.add(i), a0);
+                    store(d.add(i + W), a1);
+                    store(d.add(i + 2 * W), a2);
+                    store(d.add(i + 3 * W), a3);
+                }
+                i += 4 * W;
+            }
             while i + W <= n {
                 // SAFETY: i + W <= n = dst.len().
                 let mut a = unsafe { load(d.add(i)) };
