@@ -11,10 +11,12 @@
 //! - A file that changes while served is noticed by [`Catalog::lookup`] (which then returns the new
 //!   version and the replaced one) and by [`Catalog::check_changes`] (call it periodically); callers
 //!   restart the sessions of a replaced [`ServedFile`] (compare [`ServedFile::generation`]).
-//! - Segment layout: `segment_count = ceil(size / max_segment_size)`; every segment but the last is
-//!   `segment_size` bytes, where `segment_size = ceil(size / segment_count)` rounded up to a multiple of
-//!   the symbol size (so segments are near-equal); segment `i` starts at `i * segment_size`. A 0-byte file
-//!   has no segment.
+//! - Segment layout: `ccfd_proto::plan_segments` (near-equal segments, a multiple of the symbol size, at
+//!   most the configured segment size); every segment but the last is `segment_size` bytes and segment `i`
+//!   starts at `i * segment_size`. A 0-byte file has no segment.
+//! - Each [`ServedFile`] is mapped read-only (`ccfd_ring::mapped`) once; sessions borrow segment slices
+//!   of the mapping ([`ServedFile::segment_bytes`]). The file must not be truncated while mapped: a
+//!   change is noticed and the file's sessions restarted, but pages lost to a truncation would fault.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -145,22 +147,12 @@ impl SegmentLayout {
     /// Cuts `file_size` bytes into near-equal segments of at most `max_segment_size` bytes whose size is a
     /// multiple of `symbol_size` (except the last segment's).
     pub fn new(file_size: u64, max_segment_size: u64, symbol_size: u32) -> Option<Self> {
-        let symbol = u64::from(symbol_size.max(1));
-        let max_segment = (max_segment_size / symbol).max(1) * symbol;
-        if file_size == 0 {
-            return Some(Self {
-                file_size,
-                segment_size: max_segment,
-                segment_count: 0,
-            });
-        }
-        let count = file_size.div_ceil(max_segment);
-        let segment_size = file_size.div_ceil(count).div_ceil(symbol) * symbol;
-        let count = file_size.div_ceil(segment_size);
+        let (segment_size, segment_count) =
+            ccfd_proto::plan_segments(file_size, max_segment_size, u64::from(symbol_size.max(1)))?;
         Some(Self {
             file_size,
             segment_size,
-            segment_count: u32::try_from(count).ok()?,
+            segment_count,
         })
     }
 
@@ -193,6 +185,7 @@ pub struct ServedFile {
     /// Unique among every [`ServedFile`] of this process; changes when the file changes.
     pub generation: u64,
     file: File,
+    mapping: Option<ccfd_ring::mapped::Mmap>,
 }
 
 impl ServedFile {
@@ -218,6 +211,40 @@ impl ServedFile {
                 source,
             })?;
         Ok(buf)
+    }
+
+    /// The bytes of segment `index` in the read-only mapping (`None` past the end).
+    pub fn segment_bytes(&self, index: u32) -> Option<&[u8]> {
+        let (offset, len) = self.layout.segment_range(index)?;
+        let map = self.mapping.as_ref()?;
+        map.get(offset as usize..offset as usize + len)
+    }
+
+    /// Asks the kernel to read segment `index` ahead (`MADV_WILLNEED`); failures are ignored.
+    pub fn prefetch_segment(&self, index: u32) {
+        if let (Some(map), Some((offset, len))) =
+            (self.mapping.as_ref(), self.layout.segment_range(index))
+        {
+            let _ = map.advise_range(memmap2::Advice::WillNeed, offset as usize, len);
+        }
+    }
+
+    /// Version tag sent to clients: a hash of device, inode, size and mtime (stable across restarts of
+    /// the server as long as the file is unchanged).
+    pub fn version(&self) -> u64 {
+        let id = &self.identity;
+        let mut hasher = blake3::Hasher::new();
+        for word in [
+            id.dev,
+            id.ino,
+            id.size,
+            id.mtime_sec as u64,
+            id.mtime_nsec as u64,
+        ] {
+            hasher.update(&word.to_le_bytes());
+        }
+        let bytes = hasher.finalize();
+        u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
     }
 
     /// True if the file on disk is no longer this version (or is gone).
@@ -463,6 +490,20 @@ impl Catalog {
         })?;
         let started = std::time::Instant::now();
         let digests = hash_segments(&file, &layout).map_err(io("read"))?;
+        let mapping = if identity.size > 0 {
+            let map = ccfd_ring::mapped::map_file(&file).map_err(io("mmap"))?;
+            if map.len() as u64 != identity.size {
+                return Err(CatalogError::Io {
+                    op: "mmap",
+                    path: path.to_owned(),
+                    source: std::io::Error::other("file size changed while mapping"),
+                });
+            }
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Some(map)
+        } else {
+            None
+        };
         tracing::debug!(
             file = name,
             segments = layout.segment_count,
@@ -479,6 +520,7 @@ impl Catalog {
             digests,
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
             file,
+            mapping,
         })
     }
 }
@@ -516,6 +558,8 @@ mod tests {
         assert_eq!(l.segment_range(3), None);
         let l = SegmentLayout::new(81, 40, 1).unwrap();
         assert_eq!((l.segment_count, l.segment_size), (3, 27));
+        let l = SegmentLayout::new(100, 40, 8).unwrap();
+        assert_eq!((l.segment_count, l.segment_size), (3, 40));
         let l = SegmentLayout::new(0, 40, 8).unwrap();
         assert_eq!(l.segment_count, 0);
         let l = SegmentLayout::new(1, 32 << 20, 1280).unwrap();

@@ -23,6 +23,12 @@
 //! [coding]
 //! segment-size = "32MiB"
 //! symbol-size = 1280
+//! kind = "band"          # or "random"
+//! field = "gf2"          # or "gf256"
+//! subgen-size = 64
+//! stride = 16
+//! systematic = false
+//! # checks = 300         # default: the codec's rule (about 1% of the source packets)
 //!
 //! [pacing]
 //! initial-receiver-rate = "1gbit"
@@ -125,6 +131,38 @@ pub struct CodingFile {
     pub segment_size: Option<ByteSize>,
     /// Source packet size in bytes.
     pub symbol_size: Option<u32>,
+    /// `band` or `random`.
+    pub kind: Option<CodeKindSetting>,
+    /// `gf2` or `gf256`.
+    pub field: Option<FieldSetting>,
+    /// Source packets per subgeneration.
+    pub subgen_size: Option<u32>,
+    /// Offset between consecutive subgenerations.
+    pub stride: Option<u32>,
+    /// Precode check packets per segment (default: the codec's rule).
+    pub checks: Option<u32>,
+    /// Send each stream's source symbols uncoded first.
+    pub systematic: Option<bool>,
+}
+
+/// Code family as written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodeKindSetting {
+    /// Band code.
+    Band,
+    /// Random grouping.
+    Random,
+}
+
+/// Coefficient field as written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldSetting {
+    /// GF(2).
+    Gf2,
+    /// GF(2^8).
+    Gf256,
 }
 
 /// `[pacing]` as written.
@@ -214,6 +252,18 @@ pub struct CodingSettings {
     pub segment_size: u64,
     /// Source packet size in bytes.
     pub symbol_size: u32,
+    /// Code family.
+    pub kind: CodeKindSetting,
+    /// Coefficient field.
+    pub field: FieldSetting,
+    /// Source packets per subgeneration.
+    pub subgen_size: u32,
+    /// Offset between consecutive subgenerations.
+    pub stride: u32,
+    /// Precode checks per segment (`None`: the codec's default rule).
+    pub checks: Option<u32>,
+    /// Source symbols first, uncoded.
+    pub systematic: bool,
 }
 
 impl Default for CodingSettings {
@@ -221,6 +271,12 @@ impl Default for CodingSettings {
         Self {
             segment_size: DEFAULT_SEGMENT_SIZE,
             symbol_size: DEFAULT_SYMBOL_SIZE as u32,
+            kind: CodeKindSetting::Band,
+            field: FieldSetting::Gf2,
+            subgen_size: snc::params::DEFAULT_SUBGEN_SIZE,
+            stride: snc::params::DEFAULT_STRIDE,
+            checks: None,
+            systematic: false,
         }
     }
 }
@@ -346,15 +402,19 @@ impl Settings {
                     .client_heartbeat_timeout
                     .map_or(limits_default.client_heartbeat_timeout, |d| d.0),
             },
-            coding: CodingSettings {
-                segment_size: file
-                    .coding
-                    .segment_size
-                    .map_or(DEFAULT_SEGMENT_SIZE, ByteSize::bytes),
-                symbol_size: file
-                    .coding
-                    .symbol_size
-                    .unwrap_or(DEFAULT_SYMBOL_SIZE as u32),
+            coding: {
+                let d = CodingSettings::default();
+                let f = &file.coding;
+                CodingSettings {
+                    segment_size: f.segment_size.map_or(d.segment_size, ByteSize::bytes),
+                    symbol_size: f.symbol_size.unwrap_or(d.symbol_size),
+                    kind: f.kind.unwrap_or(d.kind),
+                    field: f.field.unwrap_or(d.field),
+                    subgen_size: f.subgen_size.unwrap_or(d.subgen_size),
+                    stride: f.stride.unwrap_or(d.stride),
+                    checks: f.checks.or(d.checks),
+                    systematic: f.systematic.unwrap_or(d.systematic),
+                }
             },
             pacing: PacingSettings {
                 initial_receiver_rate: file
@@ -432,6 +492,15 @@ impl Settings {
         }
         if c.segment_size > 1 << 32 {
             return invalid("coding.segment-size", "must be at most 4GiB");
+        }
+        if !(1..=snc::params::MAX_SUBGEN_SIZE).contains(&c.subgen_size) {
+            return invalid(
+                "coding.subgen-size",
+                format!("must be between 1 and {}", snc::params::MAX_SUBGEN_SIZE),
+            );
+        }
+        if !(1..=c.subgen_size).contains(&c.stride) {
+            return invalid("coding.stride", "must be between 1 and coding.subgen-size");
         }
         let p = &self.pacing;
         if p.min_receiver_rate > p.initial_receiver_rate {

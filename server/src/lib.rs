@@ -10,6 +10,7 @@
 //! - [`notify`]: systemd readiness, watchdog fed by every shard loop, stopping.
 
 pub mod catalog;
+pub mod coder;
 pub mod config;
 pub mod notify;
 pub mod pacing;

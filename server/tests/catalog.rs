@@ -11,6 +11,7 @@ fn coding(segment_size: u64) -> CodingSettings {
     CodingSettings {
         segment_size,
         symbol_size: 64,
+        ..CodingSettings::default()
     }
 }
 
