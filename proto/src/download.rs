@@ -127,9 +127,11 @@ pub enum DownloadError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DownloadAction {
     /// Open a new control connection; report [`Download::handle_connected`] or
-    /// [`Download::handle_connect_failed`].
+    /// [`Download::handle_connect_failed`] within `server_timeout` (after that the attempt is
+    /// abandoned with `Disconnect`).
     Connect,
-    /// Close the control connection (the state machine considers it dead; do not report it back).
+    /// Close the control connection or abandon the pending connect (the state machine considers it
+    /// dead; do not report it back).
     Disconnect,
     /// Send this frame on the control connection.
     Send(Frame),
@@ -264,6 +266,15 @@ impl Download {
             State::Receiving { meta, .. } => Some(meta),
             _ => None,
         }
+    }
+
+    /// How many times `segment` failed its digest so far (a cooperating driver fetches a segment
+    /// that failed from the server alone).
+    pub fn digest_failures(&self, segment: u32) -> u32 {
+        self.digest_failures
+            .iter()
+            .find(|(s, _)| *s == segment)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// The server's last announced send rate to us (from `HeartbeatAck`), bits per second.
@@ -436,6 +447,8 @@ impl Download {
             }
             State::Connecting { since } => {
                 if now >= since + self.config.server_timeout {
+                    // Abandon the attempt (a late handle_connected is ignored).
+                    self.actions.push_back(DownloadAction::Disconnect);
                     self.connected = false;
                     self.backoff(now);
                 }

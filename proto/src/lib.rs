@@ -24,6 +24,6 @@ pub use download::{Download, DownloadAction, DownloadConfig, DownloadError};
 pub use frame::*;
 pub use session_table::{
     ClientId, ReceiverView, Reply, SegmentInfo, SessionTable, SessionView, ShardCommand,
-    TableConfig, TableOutput,
+    TableConfig, TableOutput, MAX_FILES_PER_CLIENT,
 };
 pub use wire::WireError;

@@ -24,8 +24,12 @@ use std::time::{Duration, Instant};
 
 use crate::frame::{
     CodeParamsWire, ErrorCode, Frame, Hello, NodeId, PeerHolding, PeerInfo, PeersQuery,
-    ReceiverStats, Role, SessionId, SessionKey, SessionMeta, MAX_PEERS, PROTOCOL_VERSION,
+    ReceiverStats, Role, SegmentRange, SessionId, SessionKey, SessionMeta, MAX_PEERS, MAX_SEGMENTS,
+    PROTOCOL_VERSION,
 };
+
+/// Most files one client may appear in (cooperation lists), bounding what `Have` can allocate.
+pub const MAX_FILES_PER_CLIENT: usize = 64;
 
 /// Driver-assigned identity of one control connection (a new connection is a new client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -379,23 +383,10 @@ impl SessionTable {
             },
             Frame::Heartbeat { session, stats } => self.heartbeat(now, client, session, stats),
             Frame::StopSegment { session } => self.stop_segment(now, client, session),
-            Frame::Have { name, ranges } => {
-                if let Some(c) = self.clients.get_mut(&client) {
-                    c.files.insert(name.clone());
-                }
-                let coop = self.coop.entry(name).or_default();
-                let member = coop.members.entry(client).or_default();
-                for r in ranges {
-                    // Bound the work a hostile Have can cause to the ranges' total length.
-                    member.held.extend((r.start..r.end).take(1 << 20));
-                }
-                Reply::Send(Frame::Ack {
-                    session: SessionId::NONE,
-                })
-            }
+            Frame::Have { name, ranges } => self.have(client, name, ranges),
             Frame::Peers(query) => self.peers(client, query),
             Frame::Exit => {
-                self.remove_client(client);
+                self.remove_client(now, client);
                 Reply::Close
             }
             other => Reply::SendAndClose(Frame::error(
@@ -406,8 +397,8 @@ impl SessionTable {
     }
 
     /// The connection of `client` closed: remove it everywhere.
-    pub fn disconnect(&mut self, _now: Instant, client: ClientId) {
-        self.remove_client(client);
+    pub fn disconnect(&mut self, now: Instant, client: ClientId) {
+        self.remove_client(now, client);
     }
 
     /// The file changed on disk: end its sessions (receivers' heartbeats then get `NoSuchSession`)
@@ -452,7 +443,7 @@ impl SessionTable {
             .map(|(id, _)| *id)
             .collect();
         for client in silent {
-            self.remove_client(client);
+            self.remove_client(now, client);
             self.out.push_back(TableOutput::Close(client));
         }
         let stale: Vec<(SessionId, ClientId)> = self
@@ -824,13 +815,51 @@ impl SessionTable {
         })
     }
 
-    fn remove_client(&mut self, client: ClientId) {
+    fn have(&mut self, client: ClientId, name: String, ranges: Vec<SegmentRange>) -> Reply {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return Reply::SendAndClose(Frame::error(
+                ErrorCode::BadRequest,
+                "Hello expected first",
+            ));
+        };
+        if !c.files.contains(&name) && c.files.len() >= MAX_FILES_PER_CLIENT {
+            return Reply::Send(Frame::error(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_FILES_PER_CLIENT} files per client"),
+            ));
+        }
+        c.files.insert(name.clone());
+        let member = self
+            .coop
+            .entry(name)
+            .or_default()
+            .members
+            .entry(client)
+            .or_default();
+        // Bound the work and memory a hostile Have can cause: at most MAX_SEGMENTS insertions of
+        // indices below MAX_SEGMENTS, whatever the ranges.
+        let limit = u32::try_from(MAX_SEGMENTS).unwrap_or(u32::MAX);
+        let mut budget = MAX_SEGMENTS;
+        for r in ranges {
+            for seg in r.start..r.end.min(limit) {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+                member.held.insert(seg);
+            }
+        }
+        Reply::Send(Frame::Ack {
+            session: SessionId::NONE,
+        })
+    }
+
+    fn remove_client(&mut self, now: Instant, client: ClientId) {
         let Some(c) = self.clients.remove(&client) else {
             return;
         };
         for sid in c.sessions {
-            // `now` only matters for idle timestamps; use the client's last activity.
-            self.remove_receiver(c.last_seen, sid, client);
+            self.remove_receiver(now, sid, client);
         }
         for name in c.files {
             if let Some(f) = self.coop.get_mut(&name) {
@@ -866,8 +895,6 @@ impl SessionTable {
             }
         }
         if s.receivers.is_empty() && s.idle_since.is_none() {
-            // A session is idle from its last receiver's departure; keep the earlier instant if the
-            // caller's clock lags (client removal uses the client's last activity).
             s.idle_since = Some(now);
         }
         self.reallocate_rates();
@@ -976,9 +1003,21 @@ fn adapt(cfg: &TableConfig, demand: u64, stats: &ReceiverStats) -> u64 {
         };
         through / 8 * 7
     } else if stats.loss_ppm < cfg.loss_low_ppm {
-        demand
+        let grown = demand
             .saturating_add(demand / 4)
-            .saturating_add(cfg.min_rate_bps)
+            .saturating_add(cfg.min_rate_bps);
+        // Grow only while the receiver keeps up: at most twice what it reports receiving (a receiver
+        // the server cannot feed faster does not hoard a share of the cap it cannot use).
+        if stats.receive_rate_bps > 0 {
+            grown.min(
+                stats
+                    .receive_rate_bps
+                    .saturating_mul(2)
+                    .max(cfg.initial_rate_bps),
+            )
+        } else {
+            grown
+        }
     } else {
         demand
     };

@@ -1502,3 +1502,116 @@ fn download_rejects_mismatched_session_meta_and_fatal_errors() {
     dl.segment_verified(hb, 0, true);
     assert_eq!(dl.poll_action(), Some(DownloadAction::Send(req(1, 0))));
 }
+
+#[test]
+fn hostile_have_is_bounded() {
+    let meta = file_meta(10 * 100_000, 1);
+    let mut t = SessionTable::new(table_config());
+    let now = Instant::now();
+    handle(&mut t, now, 1, hello(1, true), &meta);
+    handle(&mut t, now, 2, hello(2, true), &meta);
+    let huge = Frame::Have {
+        name: NAME.into(),
+        ranges: vec![
+            SegmentRange {
+                start: 0,
+                end: u32::MAX
+            };
+            MAX_RANGES
+        ],
+    };
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        handle(&mut t, now, 1, huge, &meta),
+        Reply::Send(Frame::Ack { .. })
+    ));
+    // Bounded work: MAX_SEGMENTS insertions, not 2^32 x 16384 (generous bound for slow CI).
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let q = PeersQuery::Segment {
+        name: NAME.into(),
+        segment: 5,
+    };
+    match handle(&mut t, now, 2, Frame::Peers(q), &meta) {
+        Reply::Send(Frame::PeerList { peers, .. }) => {
+            assert_eq!(peers.len(), 1);
+            assert_eq!(peers[0].segments_held, MAX_SEGMENTS as u32);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Files per client are limited.
+    for k in 1..MAX_FILES_PER_CLIENT {
+        let f = Frame::Have {
+            name: format!("f{k}"),
+            ranges: vec![],
+        };
+        assert!(matches!(
+            handle(&mut t, now, 1, f, &meta),
+            Reply::Send(Frame::Ack { .. })
+        ));
+    }
+    let f = Frame::Have {
+        name: "one-too-many".into(),
+        ranges: vec![],
+    };
+    assert!(matches!(
+        handle(&mut t, now, 1, f, &meta),
+        Reply::Send(Frame::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn rate_growth_follows_what_the_receiver_takes() {
+    let meta = file_meta(10 * 100_000, 1);
+    let cfg = TableConfig {
+        initial_rate_bps: 10_000_000,
+        max_receiver_rate_bps: 10_000_000_000,
+        ..table_config()
+    };
+    let mut t = SessionTable::new(cfg);
+    let mut now = Instant::now();
+    handle(&mut t, now, 1, hello(1, false), &meta);
+    let s = session_of(handle(&mut t, now, 1, req(0, 1), &meta)).session;
+    for _ in 0..50 {
+        now += Duration::from_millis(250);
+        // No loss, but the receiver only ever gets 30 Mbit/s.
+        let stats = ReceiverStats {
+            receive_rate_bps: 30_000_000,
+            ..ReceiverStats::default()
+        };
+        handle(
+            &mut t,
+            now,
+            1,
+            Frame::Heartbeat { session: s, stats },
+            &meta,
+        );
+    }
+    let rate = t.session(s).unwrap().receivers[0].rate_bps;
+    assert!((30_000_000..=60_000_000).contains(&rate), "{rate}");
+}
+
+#[test]
+fn connect_that_never_answers_is_abandoned() {
+    let t0 = Instant::now();
+    let mut dl = Download::new(
+        DownloadConfig::new(NodeId(1), addr(0)),
+        file_meta(100, 1),
+        [],
+    );
+    dl.start(t0, false);
+    assert_eq!(dl.poll_action(), Some(DownloadAction::Connect));
+    let at = dl.poll_timeout().unwrap();
+    assert_eq!(at, t0 + Duration::from_secs(5));
+    dl.handle_timeout(at);
+    assert_eq!(dl.poll_action(), Some(DownloadAction::Disconnect));
+    // A late success report is ignored; the next Connect comes after the backoff.
+    dl.handle_connected(at);
+    assert_eq!(dl.poll_action(), None);
+    let retry = dl.poll_timeout().unwrap();
+    assert!(retry > at && retry <= at + Duration::from_millis(100));
+    dl.handle_timeout(retry);
+    assert_eq!(dl.poll_action(), Some(DownloadAction::Connect));
+}
