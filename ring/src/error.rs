@@ -31,6 +31,9 @@ pub enum RingError {
     /// The socket handle is unknown or was closed.
     #[error("unknown or closed socket {0:?}")]
     UnknownSocket(SocketId),
+    /// A send could not be queued.
+    #[error(transparent)]
+    Send(#[from] SendError),
     /// A configuration value is out of range.
     #[error("invalid ring configuration: {0}")]
     Config(&'static str),
