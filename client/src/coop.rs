@@ -61,6 +61,11 @@ impl CoopQueue {
         self.queue.len()
     }
 
+    /// Whether the queue is full (an offer now would be dropped): lets the decoder skip the copy.
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
     /// Whether no packet is waiting.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()

@@ -11,14 +11,20 @@
 //!   hands a copy of every verified packet to the cooperation queue ([`coop`]) of the future
 //!   cooperation shard.
 //!
-//! The module [`output`] owns the partial file, [`resume`] its resume record, [`stats`] the counters and
+//! [`get`] ties them together, [`control`] and [`connection`] are the control side, [`receiver`] the
+//! decoder thread, [`params`] the wire-to-codec conversions. The module [`output`] owns the partial file, [`resume`] its resume record, [`stats`] the counters and
 //! the `--json` summary, [`exit`] the process exit codes and [`error`] the typed errors behind them.
 pub mod cli;
+pub mod connection;
+pub mod control;
 pub mod coop;
 pub mod error;
 pub mod exit;
+pub mod get;
 pub mod output;
+pub mod params;
 pub mod progress;
+pub mod receiver;
 pub mod resume;
 pub mod stats;
 

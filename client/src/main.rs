@@ -1,26 +1,79 @@
-//! ccfd-client binary: parses the command line, sets up logging, runs the command and maps its error to
-//! an exit code (see `ccfd_client::exit`).
+//! ccfd-client binary: parses the command line, sets up logging (`RUST_LOG`, default `warn`, on
+//! stderr), runs the command and maps its error to an exit code (see `ccfd_client::exit`).
+use std::io::Write;
+
+use anyhow::Context;
 use clap::Parser;
 
-use ccfd_client::cli::{Cli, Command};
-use ccfd_client::ExitCode;
+use ccfd_client::cli::{Cli, Command, GetArgs, ListArgs};
+use ccfd_client::get::{get, random_node_id, GetOptions};
+use ccfd_client::{ClientError, ExitCode};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result: anyhow::Result<()> = match cli.command {
-        Command::Get(_) | Command::List(_) => Err(anyhow::anyhow!("not wired yet")),
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Get(args) => run_get(args),
+        Command::List(args) => run_list(args),
     };
     match result {
         Ok(()) => ExitCode::Success.into(),
         Err(err) => {
             eprintln!("ccfd-client: {err:#}");
-            ExitCode::Other.into()
+            match err.downcast_ref::<ClientError>() {
+                Some(client_error) => client_error.exit_code().into(),
+                None => ExitCode::Other.into(),
+            }
         }
     }
+}
+
+fn run_get(args: GetArgs) -> anyhow::Result<()> {
+    let mut options = GetOptions::new(args.name, args.server.server, args.output);
+    options.bind = args.server.bind;
+    options.retry_for = args.server.retry_for;
+    options.progress = !args.no_progress;
+    options.decoder_core = args.decoder_core;
+    let summary = get(&options)?;
+    if args.json {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer(&mut stdout, &summary).context("write the JSON summary")?;
+        writeln!(stdout).context("write the JSON summary")?;
+    }
+    Ok(())
+}
+
+fn run_list(args: ListArgs) -> anyhow::Result<()> {
+    let (entries, truncated) = ccfd_client::control::list_files(
+        &args.server.server,
+        args.server.bind.map(|b| b.ip()),
+        args.server.retry_for,
+        random_node_id(),
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let files: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| serde_json::json!({ "name": e.name, "size": e.size }))
+            .collect();
+        serde_json::to_writer(
+            &mut stdout,
+            &serde_json::json!({ "files": files, "truncated": truncated }),
+        )?;
+        writeln!(stdout)?;
+    } else {
+        for entry in &entries {
+            writeln!(stdout, "{:>15}  {}", entry.size, entry.name)?;
+        }
+        if truncated {
+            writeln!(stdout, "(list truncated by the server)")?;
+        }
+    }
+    Ok(())
 }

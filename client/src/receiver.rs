@@ -1,0 +1,416 @@
+//! The decoder thread: receives data packets on the client's UDP socket through `ccfd-ring`, checks
+//! header, session and MAC, decodes straight into the mmapped output, verifies each segment's BLAKE3
+//! digest and records completed segments in the resume record.
+//!
+//! It is driven by [`DecoderCommand`]s from the control thread (sent on a channel, then the ring's
+//! [`Waker`](ccfd_ring::Waker) fired) and reports [`DecoderEvent`]s back:
+//! `Start(session)` → receive and decode → `Decoded` → verify → `Verified { ok }`. A `Stop` for the
+//! session being received abandons its partial decode (a later `Start` for the same segment starts
+//! afresh). `Finish`/`Abort` end the loop.
+//!
+//! Drops are counted by reason in [`Counters`]: malformed (bad header, wrong version, segment mismatch,
+//! rejected by the codec), bad MAC (right session, MAC fails), wrong session (a session this client never
+//! joined) and stale (a session this client already left, e.g. packets in flight after StopSegment).
+//! Every packet that passes the MAC and the codec's checks is copied to the cooperation queue
+//! ([`CoopQueue`]) unless it is full.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccfd_proto::{DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta};
+use ccfd_ring::{Ring, SocketId};
+use crossbeam_channel::{Receiver, TryRecvError};
+use snc::decoder::{Decoder, Progress};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::coop::{CoopQueue, VerifiedPacket};
+use crate::error::ClientError;
+use crate::output::PartFile;
+use crate::params::session_layout;
+use crate::resume::ResumeRecord;
+use crate::stats::Counters;
+
+/// Longest the decoder thread sleeps in the ring before it looks at its command channel again.
+const WAIT: Duration = Duration::from_millis(50);
+/// Datagrams handled per `Ring::process` call.
+const BATCH: usize = 1024;
+/// Sessions remembered as finished (their late packets count as stale, not as wrong session).
+const FINISHED_SESSIONS: usize = 64;
+
+/// What the control thread tells the decoder thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecoderCommand {
+    /// Receive and decode this session's segment (fresh decoder).
+    Start(SessionMeta),
+    /// Stop receiving this session (decoded, or abandoned).
+    Stop {
+        /// The session.
+        session: SessionId,
+        /// Its segment.
+        segment: u32,
+    },
+    /// Every segment is done: return so the output can be finished.
+    Finish,
+    /// The download failed: return at once.
+    Abort,
+}
+
+/// What the decoder thread tells the control thread.
+#[derive(Debug)]
+pub enum DecoderEvent {
+    /// The segment decoded (the control thread sends StopSegment now; the digest check follows).
+    Decoded {
+        /// The segment.
+        segment: u32,
+    },
+    /// The segment's digest matched (`ok`) and it is recorded, or it did not and was discarded.
+    Verified {
+        /// The segment.
+        segment: u32,
+        /// Whether the digest matched.
+        ok: bool,
+    },
+    /// The decoder thread hit a fatal error (output I/O) and stops.
+    Failed(ClientError),
+}
+
+/// Receive statistics of the session being received, published by the decoder thread after every batch
+/// for the control thread's heartbeats and the progress bar.
+#[derive(Debug, Default)]
+pub struct LiveSession {
+    /// Whether a session is being received.
+    pub active: AtomicBool,
+    /// Its id.
+    pub session: AtomicU32,
+    /// Packets accepted in it.
+    pub packets: AtomicU64,
+    /// Payload bytes accepted in it.
+    pub bytes: AtomicU64,
+    /// Packets dropped while it was received (any reason).
+    pub dropped: AtomicU64,
+    /// `highest seq - first seq + 1` of the packets accepted in it (the sender's count, for loss).
+    pub seq_span: AtomicU64,
+    /// The decoder's rank.
+    pub rank: AtomicU32,
+    /// Bytes per source symbol of its code.
+    pub symbol_size: AtomicU32,
+}
+
+/// Everything the decoder thread works with besides the ring and the output.
+#[derive(Debug)]
+pub struct DecoderContext {
+    /// The file meta (segment ranges and digests).
+    pub meta: FileMeta,
+    /// The resume record, updated after each verified segment.
+    pub record: ResumeRecord,
+    /// Where the resume record lives.
+    pub record_path: PathBuf,
+    /// Download counters.
+    pub counters: Arc<Counters>,
+    /// Live statistics of the current session.
+    pub live: Arc<LiveSession>,
+    /// Hand-off to the cooperation shard.
+    pub coop: CoopQueue,
+    /// Commands from the control thread.
+    pub commands: Receiver<DecoderCommand>,
+    /// Events to the control thread.
+    pub events: UnboundedSender<DecoderEvent>,
+}
+
+enum Outcome {
+    Decoded,
+    Stopped,
+    Command(DecoderCommand),
+}
+
+/// Runs the decoder loop until `Finish` (returns `Ok(true)`) or `Abort` (returns `Ok(false)`), or a
+/// fatal output error (also reported as [`DecoderEvent::Failed`]).
+pub fn run(
+    ring: &mut Ring,
+    socket: SocketId,
+    part: &mut PartFile,
+    ctx: &mut DecoderContext,
+) -> Result<bool, ClientError> {
+    let result = run_inner(ring, socket, part, ctx);
+    if let Err(err) = &result {
+        let _ = ctx
+            .events
+            .send(DecoderEvent::Failed(ClientError::Internal(err.to_string())));
+    }
+    result
+}
+
+fn run_inner(
+    ring: &mut Ring,
+    socket: SocketId,
+    part: &mut PartFile,
+    ctx: &mut DecoderContext,
+) -> Result<bool, ClientError> {
+    let mut finished: VecDeque<SessionId> = VecDeque::with_capacity(FINISHED_SESSIONS);
+    let mut pending: Option<DecoderCommand> = None;
+    loop {
+        let command = match pending.take() {
+            Some(command) => command,
+            None => idle(ring, socket, ctx, &finished)?,
+        };
+        match command {
+            DecoderCommand::Finish => return Ok(true),
+            DecoderCommand::Abort => return Ok(false),
+            DecoderCommand::Stop { .. } => {}
+            DecoderCommand::Start(session) => {
+                let outcome = receive(ring, socket, part, ctx, &session, &finished)?;
+                if finished.len() == FINISHED_SESSIONS {
+                    finished.pop_front();
+                }
+                finished.push_back(session.session);
+                ctx.live.active.store(false, Ordering::Relaxed);
+                match outcome {
+                    Outcome::Decoded => {
+                        let _ = ctx.events.send(DecoderEvent::Decoded {
+                            segment: session.segment,
+                        });
+                        let ok = verify(part, ctx, session.segment)?;
+                        let _ = ctx.events.send(DecoderEvent::Verified {
+                            segment: session.segment,
+                            ok,
+                        });
+                    }
+                    Outcome::Stopped => {}
+                    Outcome::Command(command) => pending = Some(command),
+                }
+            }
+        }
+    }
+}
+
+/// Waits for a command while no session is received, counting whatever datagrams arrive.
+fn idle(
+    ring: &mut Ring,
+    socket: SocketId,
+    ctx: &DecoderContext,
+    finished: &VecDeque<SessionId>,
+) -> Result<DecoderCommand, ClientError> {
+    loop {
+        match ctx.commands.try_recv() {
+            Ok(command) => return Ok(command),
+            Err(TryRecvError::Disconnected) => return Ok(DecoderCommand::Abort),
+            Err(TryRecvError::Empty) => {}
+        }
+        ring.wait(Some(WAIT)).map_err(ring_error)?;
+        let counters = &ctx.counters;
+        ring.process(BATCH, |datagram| {
+            if datagram.socket != socket {
+                return;
+            }
+            Counters::add(&counters.packets_received, 1);
+            Counters::add(
+                &counters.datagram_bytes_received,
+                datagram.payload.len() as u64,
+            );
+            match DataHeader::peek(datagram.payload) {
+                Ok(header) if finished.contains(&header.session) => {
+                    Counters::add(&counters.dropped_stale, 1)
+                }
+                Ok(_) => Counters::add(&counters.dropped_wrong_session, 1),
+                Err(_) => Counters::add(&counters.dropped_malformed, 1),
+            }
+        })
+        .map_err(ring_error)?;
+    }
+}
+
+/// Receives and decodes one session's segment into the output.
+fn receive(
+    ring: &mut Ring,
+    socket: SocketId,
+    part: &mut PartFile,
+    ctx: &DecoderContext,
+    session: &SessionMeta,
+    finished: &VecDeque<SessionId>,
+) -> Result<Outcome, ClientError> {
+    let Some(range) = segment_range(&ctx.meta, session.segment) else {
+        return Err(ClientError::Protocol {
+            server: String::new(),
+            detail: format!("session for segment {} outside the file", session.segment),
+        });
+    };
+    let layout = session_layout(session).map_err(|detail| ClientError::Protocol {
+        server: String::new(),
+        detail,
+    })?;
+    let live = &ctx.live;
+    live.session.store(session.session.0, Ordering::Relaxed);
+    for counter in [&live.packets, &live.bytes, &live.dropped, &live.seq_span] {
+        counter.store(0, Ordering::Relaxed);
+    }
+    live.rank.store(0, Ordering::Relaxed);
+    live.symbol_size
+        .store(layout.symbol_size() as u32, Ordering::Relaxed);
+    live.active.store(true, Ordering::Relaxed);
+
+    let mut decoder =
+        Decoder::new(&layout, part.segment_mut(range)).map_err(|e| ClientError::Protocol {
+            server: String::new(),
+            detail: format!("decoder setup: {e}"),
+        })?;
+    let counters = &ctx.counters;
+    let coop = &ctx.coop;
+    let key = session.key;
+    let mut seq_first: Option<u32> = None;
+    let mut seq_max: u32 = 0;
+    let mut dropped_here: u64 = 0;
+    let mut complete = decoder.is_complete();
+    while !complete {
+        match ctx.commands.try_recv() {
+            Ok(DecoderCommand::Stop { session: s, .. }) if s == session.session => {
+                return Ok(Outcome::Stopped)
+            }
+            Ok(DecoderCommand::Stop { .. }) => continue,
+            Ok(command) => return Ok(Outcome::Command(command)),
+            Err(TryRecvError::Disconnected) => return Ok(Outcome::Command(DecoderCommand::Abort)),
+            Err(TryRecvError::Empty) => {}
+        }
+        ring.wait(Some(WAIT)).map_err(ring_error)?;
+        let mut more = true;
+        while more && !complete {
+            let processed = ring
+                .process(BATCH, |datagram| {
+                    if datagram.socket != socket {
+                        return;
+                    }
+                    let bytes = datagram.payload;
+                    Counters::add(&counters.packets_received, 1);
+                    Counters::add(&counters.datagram_bytes_received, bytes.len() as u64);
+                    let header = match DataHeader::peek(bytes) {
+                        Ok(header) => header,
+                        Err(_) => {
+                            Counters::add(&counters.dropped_malformed, 1);
+                            dropped_here += 1;
+                            return;
+                        }
+                    };
+                    if header.session != session.session {
+                        if finished.contains(&header.session) {
+                            Counters::add(&counters.dropped_stale, 1);
+                        } else {
+                            Counters::add(&counters.dropped_wrong_session, 1);
+                        }
+                        dropped_here += 1;
+                        return;
+                    }
+                    let (header, payload) = match DataPacket::open(&key, bytes) {
+                        Ok(opened) => opened,
+                        Err(DataError::BadMac) => {
+                            Counters::add(&counters.dropped_bad_mac, 1);
+                            dropped_here += 1;
+                            return;
+                        }
+                        Err(_) => {
+                            Counters::add(&counters.dropped_malformed, 1);
+                            dropped_here += 1;
+                            return;
+                        }
+                    };
+                    if header.segment != session.segment {
+                        Counters::add(&counters.dropped_malformed, 1);
+                        dropped_here += 1;
+                        return;
+                    }
+                    if complete {
+                        Counters::add(&counters.dropped_stale, 1);
+                        return;
+                    }
+                    match decoder.push(payload) {
+                        Err(_) => {
+                            Counters::add(&counters.dropped_malformed, 1);
+                            dropped_here += 1;
+                            return;
+                        }
+                        Ok(Progress::Redundant) => Counters::add(&counters.packets_redundant, 1),
+                        Ok(Progress::Innovative) => {}
+                        Ok(Progress::Complete) => complete = true,
+                    }
+                    Counters::add(&counters.packets_accepted, 1);
+                    let origin_bytes = match header.origin {
+                        Origin::Server => &counters.bytes_from_server,
+                        Origin::Peer => &counters.bytes_from_peers,
+                    };
+                    Counters::add(origin_bytes, payload.len() as u64);
+                    live.packets.fetch_add(1, Ordering::Relaxed);
+                    live.bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    let first = *seq_first.get_or_insert(header.seq);
+                    seq_max = seq_max.max(header.seq);
+                    live.seq_span.store(
+                        u64::from(seq_max.saturating_sub(first)) + 1,
+                        Ordering::Relaxed,
+                    );
+                    if coop.is_full() {
+                        Counters::add(&counters.coop_dropped_full, 1);
+                    } else {
+                        coop.offer(
+                            VerifiedPacket {
+                                segment: session.segment,
+                                session: session.session.0,
+                                payload: payload.to_vec(),
+                            },
+                            counters,
+                        );
+                    }
+                })
+                .map_err(ring_error)?;
+            more = processed.more;
+        }
+        live.rank.store(decoder.rank(), Ordering::Relaxed);
+        live.dropped.store(dropped_here, Ordering::Relaxed);
+    }
+    Counters::add(
+        &counters.source_packets_decoded,
+        u64::from(layout.source_count()),
+    );
+    Counters::add(&counters.packets_used_by_decoded, decoder.received());
+    live.rank.store(decoder.rank(), Ordering::Relaxed);
+    Ok(Outcome::Decoded)
+}
+
+/// Checks the decoded segment's digest; on success records it as complete (resume record rewritten).
+fn verify(
+    part: &mut PartFile,
+    ctx: &mut DecoderContext,
+    segment: u32,
+) -> Result<bool, ClientError> {
+    let range = segment_range(&ctx.meta, segment).unwrap_or(0..0);
+    let expected = ctx.meta.digests.get(segment as usize);
+    let ok = expected.is_some_and(|d| blake3::hash(part.segment(range.clone())).as_bytes() == d);
+    if ok {
+        part.flush_segment(range.clone())?;
+        ctx.record.set_complete(segment, true);
+        ctx.record
+            .store(&ctx.record_path)
+            .map_err(|e| ClientError::output("write", &ctx.record_path, e))?;
+        Counters::add(&ctx.counters.segments_completed, 1);
+        Counters::add(&ctx.counters.bytes_verified, range.len() as u64);
+        tracing::debug!(segment, "segment verified");
+    } else {
+        Counters::add(&ctx.counters.segments_failed_digest, 1);
+        tracing::warn!(
+            segment,
+            "segment failed its digest: discarded, it will be fetched again"
+        );
+    }
+    Ok(ok)
+}
+
+/// The byte range of `segment` in the output, as `usize` (the meta was checked to fit).
+pub fn segment_range(meta: &FileMeta, segment: u32) -> Option<Range<usize>> {
+    let range = meta.segment_range(segment)?;
+    Some(usize::try_from(range.start).ok()?..usize::try_from(range.end).ok()?)
+}
+
+fn ring_error(err: ccfd_ring::RingError) -> ClientError {
+    ClientError::Internal(format!("data socket: {err}"))
+}
