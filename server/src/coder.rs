@@ -80,7 +80,10 @@ pub fn segment_layout(
     file: &ServedFile,
     index: u32,
 ) -> Result<Layout, ParamError> {
-    let len = file.layout.segment_range(index).map_or(0, |(_, len)| len as u64);
+    let len = file
+        .layout
+        .segment_range(index)
+        .map_or(0, |(_, len)| len as u64);
     snc_params(coding, len).validate()
 }
 

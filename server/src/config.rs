@@ -16,7 +16,7 @@
 //! [limits]
 //! max-sessions = 256
 //! max-clients = 1024
-//! max-receivers-per-session = 1024
+//! max-sessions-per-client = 4
 //! session-idle-timeout = "30s"
 //! client-heartbeat-timeout = "10s"
 //!
@@ -115,8 +115,8 @@ pub struct LimitsFile {
     pub max_sessions: Option<u32>,
     /// Most control connections (clients) at once.
     pub max_clients: Option<u32>,
-    /// Most receivers in one session.
-    pub max_receivers_per_session: Option<u32>,
+    /// Most sessions one client receives at once.
+    pub max_sessions_per_client: Option<u32>,
     /// A session with no receiver for this long is expired.
     pub session_idle_timeout: Option<HumanDuration>,
     /// A client that sends no heartbeat for this long is dropped.
@@ -179,8 +179,6 @@ pub struct PacingFile {
     pub loss_backoff_threshold: Option<f64>,
     /// Reported loss fraction below which a receiver's rate grows.
     pub loss_increase_threshold: Option<f64>,
-    /// Factor applied to the rate on a back-off (0 < f < 1).
-    pub backoff_factor: Option<f64>,
 }
 
 /// Why the configuration was refused. Every variant names the file or the key.
@@ -225,8 +223,8 @@ pub struct Limits {
     pub max_sessions: u32,
     /// Most control connections at once.
     pub max_clients: u32,
-    /// Most receivers in one session.
-    pub max_receivers_per_session: u32,
+    /// Most sessions one client receives at once.
+    pub max_sessions_per_client: u32,
     /// Idle session expiry.
     pub session_idle_timeout: Duration,
     /// Client heartbeat expiry.
@@ -238,7 +236,7 @@ impl Default for Limits {
         Self {
             max_sessions: 256,
             max_clients: 1024,
-            max_receivers_per_session: 1024,
+            max_sessions_per_client: 4,
             session_idle_timeout: Duration::from_secs(30),
             client_heartbeat_timeout: Duration::from_secs(10),
         }
@@ -281,7 +279,9 @@ impl Default for CodingSettings {
     }
 }
 
-/// Receiver-rate adaptation settings (see [`crate::pacing`]).
+/// Receiver-rate adaptation settings, applied by the session table (`ccfd_proto::SessionTable`: on a
+/// heartbeat whose loss is above the back-off threshold the receiver's rate is cut to 7/8 of what got
+/// through; below the increase threshold it grows by 1/4 plus the minimum rate).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PacingSettings {
     /// Rate a new receiver starts at, bits/s.
@@ -294,8 +294,6 @@ pub struct PacingSettings {
     pub loss_backoff_threshold: f64,
     /// Loss below this grows the rate.
     pub loss_increase_threshold: f64,
-    /// Multiplicative decrease factor.
-    pub backoff_factor: f64,
 }
 
 impl Default for PacingSettings {
@@ -306,7 +304,6 @@ impl Default for PacingSettings {
             max_receiver_rate: None,
             loss_backoff_threshold: 0.02,
             loss_increase_threshold: 0.005,
-            backoff_factor: 0.7,
         }
     }
 }
@@ -389,10 +386,10 @@ impl Settings {
                     .limits
                     .max_clients
                     .unwrap_or(limits_default.max_clients),
-                max_receivers_per_session: file
+                max_sessions_per_client: file
                     .limits
-                    .max_receivers_per_session
-                    .unwrap_or(limits_default.max_receivers_per_session),
+                    .max_sessions_per_client
+                    .unwrap_or(limits_default.max_sessions_per_client),
                 session_idle_timeout: file
                     .limits
                     .session_idle_timeout
@@ -434,10 +431,6 @@ impl Settings {
                     .pacing
                     .loss_increase_threshold
                     .unwrap_or(pacing_default.loss_increase_threshold),
-                backoff_factor: file
-                    .pacing
-                    .backoff_factor
-                    .unwrap_or(pacing_default.backoff_factor),
             },
         };
         settings.validate()?;
@@ -474,8 +467,8 @@ impl Settings {
         if l.max_clients == 0 {
             return invalid("limits.max-clients", "must be at least 1");
         }
-        if l.max_receivers_per_session == 0 {
-            return invalid("limits.max-receivers-per-session", "must be at least 1");
+        if l.max_sessions_per_client == 0 {
+            return invalid("limits.max-sessions-per-client", "must be at least 1");
         }
         if l.session_idle_timeout.is_zero() {
             return invalid("limits.session-idle-timeout", "must be positive");
@@ -527,9 +520,6 @@ impl Settings {
                 "pacing.loss-increase-threshold",
                 "must be in [0, pacing.loss-backoff-threshold]",
             );
-        }
-        if !(p.backoff_factor > 0.0 && p.backoff_factor < 1.0) {
-            return invalid("pacing.backoff-factor", "must be in (0, 1)");
         }
         Ok(())
     }

@@ -12,6 +12,12 @@
 pub mod catalog;
 pub mod coder;
 pub mod config;
+pub mod control;
 pub mod notify;
 pub mod pacing;
+pub mod server;
+pub mod shard;
 pub mod units;
+
+pub use config::Settings;
+pub use server::{Server, ServerError, ServerStats};

@@ -50,7 +50,10 @@ fn range_errors_name_the_key() {
         ),
         ("[limits]\nmax-clients = 0", "limits.max-clients"),
         ("[coding]\nsymbol-size = 8", "coding.symbol-size"),
-        ("[pacing]\nbackoff-factor = 1.5", "pacing.backoff-factor"),
+        (
+            "[pacing]\nloss-backoff-threshold = 1.5",
+            "pacing.loss-backoff-threshold",
+        ),
     ];
     for (body, key) in cases {
         let text = format!("root = \"/srv\"\n{body}\n");

@@ -1,0 +1,578 @@
+//! The control plane: TCP connections, frames, the session table, and commands to the shards.
+//!
+//! Runs on its own thread with a tokio current-thread runtime and a `LocalSet`; the state (session
+//! table, catalog handle, shard queues) lives in one `Rc<RefCell<_>>` that is never borrowed across an
+//! `.await`. Per connection: a task reads bytes into a `FrameDecoder`, hands each frame to the
+//! `SessionTable` and writes the reply. A malformed frame gets an `Error { BadRequest }` and closes
+//! **that** connection only. Blocking work (stat, hashing, listing) runs in `spawn_blocking`. Shard
+//! commands go through bounded queues with `try_send` (never blocking); a full queue parks commands in an
+//! overflow list that a timer flushes, in order.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ccfd_proto::{
+    ClientId, ErrorCode, FileEntry, FileMeta, Frame, FrameDecoder, Reply, SegmentInfo,
+    SessionTable, ShardCommand, TableOutput, MAX_FILE_LIST, MAX_FRAME_LEN,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::catalog::{Catalog, CatalogError, Lookup, ServedFile};
+use crate::coder::{segment_layout, wire_params};
+use crate::config::CodingSettings;
+use crate::notify::Watchdog;
+use crate::shard::{session_bind_addr, ShardMsg, ShardSender};
+
+/// How often cached files are checked for changes.
+const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest sleep of the timer task.
+const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// Counters of the control plane.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Frames handled.
+    pub frames: AtomicU64,
+    /// Connections closed because of a malformed frame.
+    pub malformed: AtomicU64,
+    /// Commands that found a shard queue full (parked and retried).
+    pub queue_full: AtomicU64,
+}
+
+/// Everything the control plane needs.
+pub struct ControlSetup {
+    /// The bound listener (nonblocking).
+    pub listener: std::net::TcpListener,
+    /// The session table.
+    pub table: SessionTable,
+    /// The catalog.
+    pub catalog: Arc<Catalog>,
+    /// Coding settings.
+    pub coding: CodingSettings,
+    /// Shard queues.
+    pub shards: Vec<ShardSender>,
+    /// IP the session sockets bind to.
+    pub listen_ip: IpAddr,
+    /// First UDP port.
+    pub udp_base: u16,
+    /// Watchdog and the control plane's participant index.
+    pub watchdog: Arc<Watchdog>,
+    /// Watchdog participant index of the control plane.
+    pub watchdog_index: usize,
+    /// Counters.
+    pub stats: Arc<ControlStats>,
+    /// Notified to stop.
+    pub shutdown: Arc<tokio::sync::Notify>,
+}
+
+struct State {
+    table: SessionTable,
+    catalog: Arc<Catalog>,
+    coding: CodingSettings,
+    /// Latest looked-up version of each file name.
+    files: HashMap<String, Arc<ServedFile>>,
+    shards: Vec<ShardSender>,
+    overflow: Vec<VecDeque<ShardMsg>>,
+    listen_ip: IpAddr,
+    udp_base: u16,
+    closers: HashMap<ClientId, tokio::sync::oneshot::Sender<()>>,
+    stats: Arc<ControlStats>,
+}
+
+impl State {
+    /// Acts on every pending table output.
+    fn pump(&mut self) {
+        while let Some(output) = self.table.poll_output() {
+            match output {
+                TableOutput::Close(client) => {
+                    if let Some(closer) = self.closers.remove(&client) {
+                        let _ = closer.send(());
+                    }
+                }
+                TableOutput::Shard(command) => {
+                    if let Some((shard, msg)) = self.shard_msg(command) {
+                        self.dispatch(shard, msg);
+                    }
+                }
+            }
+        }
+    }
+
+    fn shard_of(&self, session: ccfd_proto::SessionId) -> usize {
+        session.0 as usize % self.shards.len()
+    }
+
+    fn shard_msg(&self, command: ShardCommand) -> Option<(usize, ShardMsg)> {
+        Some(match command {
+            ShardCommand::StartSession {
+                session,
+                name,
+                segment,
+                version,
+                key,
+                data_port,
+                ..
+            } => {
+                let Some(file) = self.files.get(&name).filter(|f| f.version() == version) else {
+                    tracing::error!(session = session.0, file = %name, "no mapped file for session");
+                    return None;
+                };
+                let layout = match segment_layout(&self.coding, file, segment) {
+                    Ok(layout) => layout,
+                    Err(error) => {
+                        tracing::error!(session = session.0, %error, "bad code parameters");
+                        return None;
+                    }
+                };
+                (
+                    self.shard_of(session),
+                    ShardMsg::Start {
+                        session,
+                        segment,
+                        file: Arc::clone(file),
+                        layout: Box::new(layout),
+                        key,
+                        bind: session_bind_addr(self.listen_ip, data_port),
+                    },
+                )
+            }
+            ShardCommand::AddReceiver {
+                session,
+                client,
+                addr,
+                rate_bps,
+            } => {
+                // A receive address without a port means "the session's data port".
+                let addr = if addr.port() == 0 {
+                    SocketAddr::new(addr.ip(), self.udp_base.wrapping_add(session.0 as u16))
+                } else {
+                    addr
+                };
+                (
+                    self.shard_of(session),
+                    ShardMsg::AddReceiver {
+                        session,
+                        client,
+                        addr,
+                        rate_bps,
+                    },
+                )
+            }
+            ShardCommand::SetRate {
+                session,
+                client,
+                rate_bps,
+            } => (
+                self.shard_of(session),
+                ShardMsg::SetRate {
+                    session,
+                    client,
+                    rate_bps,
+                },
+            ),
+            ShardCommand::RemoveReceiver { session, client } => (
+                self.shard_of(session),
+                ShardMsg::RemoveReceiver { session, client },
+            ),
+            ShardCommand::EndSession { session } => {
+                (self.shard_of(session), ShardMsg::End { session })
+            }
+        })
+    }
+
+    /// Sends in order: behind anything already parked for that shard.
+    fn dispatch(&mut self, shard: usize, msg: ShardMsg) {
+        if self.overflow[shard].is_empty() {
+            match self.shards[shard].send(msg) {
+                Ok(()) => return,
+                Err(msg) => {
+                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    self.overflow[shard].push_back(msg);
+                }
+            }
+        } else {
+            self.overflow[shard].push_back(msg);
+        }
+    }
+
+    fn flush_overflow(&mut self) {
+        for (shard, queue) in self.overflow.iter_mut().enumerate() {
+            while let Some(msg) = queue.pop_front() {
+                if let Err(msg) = self.shards[shard].send(msg) {
+                    queue.push_front(msg);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the control plane until `setup.shutdown` is notified (blocks the calling thread).
+pub fn run(setup: ControlSetup) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, serve(setup))
+}
+
+async fn serve(setup: ControlSetup) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(setup.listener)?;
+    let shard_count = setup.shards.len();
+    let state = Rc::new(RefCell::new(State {
+        table: setup.table,
+        catalog: setup.catalog,
+        coding: setup.coding,
+        files: HashMap::new(),
+        shards: setup.shards,
+        overflow: (0..shard_count).map(|_| VecDeque::new()).collect(),
+        listen_ip: setup.listen_ip,
+        udp_base: setup.udp_base,
+        closers: HashMap::new(),
+        stats: Arc::clone(&setup.stats),
+    }));
+    let timer = tokio::task::spawn_local(timer_task(
+        Rc::clone(&state),
+        Arc::clone(&setup.watchdog),
+        setup.watchdog_index,
+    ));
+    let mut next_client = 1u64;
+    let result = loop {
+        tokio::select! {
+            _ = setup.shutdown.notified() => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let client = ClientId(next_client);
+                    next_client += 1;
+                    setup.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+                    state.borrow_mut().closers.insert(client, close_tx);
+                    tokio::task::spawn_local(connection(Rc::clone(&state), stream, peer, client, close_rx));
+                }
+                Err(error) => {
+                    // EMFILE and friends: log and back off a little, never exit.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    timer.abort();
+    // Close every connection; their tasks end at their next poll.
+    let closers: Vec<_> = state.borrow_mut().closers.drain().collect();
+    for (_, closer) in closers {
+        let _ = closer.send(());
+    }
+    tokio::task::yield_now().await;
+    result
+}
+
+async fn timer_task(state: Rc<RefCell<State>>, watchdog: Arc<Watchdog>, index: usize) {
+    let mut last_check = Instant::now();
+    loop {
+        let now = Instant::now();
+        watchdog.tick(index, watchdog.now_ns());
+        let next = {
+            let mut st = state.borrow_mut();
+            st.table.handle_timeout(now);
+            st.pump();
+            st.flush_overflow();
+            st.table.poll_timeout()
+        };
+        if now.duration_since(last_check) >= CHANGE_CHECK_INTERVAL {
+            last_check = now;
+            let catalog = Arc::clone(&state.borrow().catalog);
+            if let Ok(changed) = tokio::task::spawn_blocking(move || catalog.check_changes()).await
+            {
+                let mut st = state.borrow_mut();
+                for file in changed {
+                    let current = st.files.get(&file.name).map(|f| f.generation);
+                    if current == Some(file.generation) {
+                        st.files.remove(&file.name);
+                        st.table.file_changed(Instant::now(), &file.name);
+                    }
+                }
+                st.pump();
+            }
+        }
+        let sleep = next
+            .map_or(TIMER_MAX_SLEEP, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+            .min(TIMER_MAX_SLEEP)
+            .min(watchdog.max_sleep());
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+/// Looks a file up off the control thread.
+async fn lookup(state: &Rc<RefCell<State>>, name: &str) -> Result<Lookup, CatalogError> {
+    let catalog = Arc::clone(&state.borrow().catalog);
+    let owned = name.to_owned();
+    match tokio::task::spawn_blocking(move || catalog.lookup(&owned)).await {
+        Ok(result) => result,
+        Err(join) => Err(CatalogError::Io {
+            op: "lookup",
+            path: name.into(),
+            source: std::io::Error::other(join.to_string()),
+        }),
+    }
+}
+
+/// Records a lookup's file as the current version (ending the sessions of a replaced one).
+fn remember(st: &mut State, found: &Lookup) {
+    let name = found.file.name.clone();
+    let previous = st.files.insert(name.clone(), Arc::clone(&found.file));
+    let replaced =
+        found.replaced.is_some() || previous.is_some_and(|p| p.version() != found.file.version());
+    if replaced {
+        st.table.file_changed(Instant::now(), &name);
+    }
+}
+
+/// The error frame for a catalog refusal.
+pub fn catalog_error_frame(error: &CatalogError) -> Frame {
+    let code = match error {
+        CatalogError::AbsoluteName { .. }
+        | CatalogError::ParentComponent { .. }
+        | CatalogError::OutsideRoot { .. } => ErrorCode::PathRefused,
+        CatalogError::InvalidName { .. } => ErrorCode::BadRequest,
+        CatalogError::NotFound { .. } | CatalogError::NotRegularFile { .. } => {
+            ErrorCode::NoSuchFile
+        }
+        CatalogError::TooManySegments { .. } => ErrorCode::BadRequest,
+        CatalogError::Io { .. } | CatalogError::Root { .. } => ErrorCode::Internal,
+    };
+    let message = match error {
+        CatalogError::Io { op, .. } => format!("server I/O error during {op}"),
+        other => other.to_string(),
+    };
+    Frame::error(code, message)
+}
+
+fn file_meta_frame(coding: &CodingSettings, file: &ServedFile) -> Frame {
+    let nominal = file.layout.segment_size;
+    let layout =
+        match crate::coder::snc_params(coding, nominal.min(file.layout.file_size)).validate() {
+            Ok(layout) => layout,
+            Err(error) => return Frame::error(ErrorCode::Internal, error.to_string()),
+        };
+    Frame::FileMeta(FileMeta {
+        name: file.name.clone(),
+        size: file.layout.file_size,
+        segment_size: nominal,
+        segment_count: file.layout.segment_count,
+        code: wire_params(&layout, nominal),
+        digests: file.digests.clone(),
+        version: file.version(),
+    })
+}
+
+fn resolve_segment(
+    coding: &CodingSettings,
+    found: &Result<Lookup, CatalogError>,
+    segment: u32,
+) -> Result<SegmentInfo, Frame> {
+    let file = match found {
+        Ok(found) => &found.file,
+        Err(error) => return Err(catalog_error_frame(error)),
+    };
+    let Some((_, len)) = file.layout.segment_range(segment) else {
+        return Err(Frame::error(
+            ErrorCode::NoSuchSegment,
+            format!(
+                "segment {segment} out of range ({} segments)",
+                file.layout.segment_count
+            ),
+        ));
+    };
+    let layout = segment_layout(coding, file, segment)
+        .map_err(|e| Frame::error(ErrorCode::Internal, e.to_string()))?;
+    Ok(SegmentInfo {
+        name: file.name.clone(),
+        segment,
+        segment_len: len as u64,
+        code: wire_params(&layout, file.layout.segment_size),
+        version: file.version(),
+    })
+}
+
+/// What to do after answering a frame.
+enum After {
+    Continue,
+    Close,
+}
+
+async fn handle_frame(
+    state: &Rc<RefCell<State>>,
+    client: ClientId,
+    greeted: &mut bool,
+    frame: Frame,
+    out: &mut Vec<u8>,
+) -> After {
+    // RequestSegment needs the file (blocking lookup) before the table sees it.
+    let found = match (&frame, *greeted) {
+        (Frame::RequestSegment { name, .. }, true) => Some(lookup(state, name).await),
+        _ => None,
+    };
+    let is_hello = matches!(frame, Frame::Hello(_));
+    let reply = {
+        let mut guard = state.borrow_mut();
+        let st = &mut *guard;
+        st.stats.frames.fetch_add(1, Ordering::Relaxed);
+        if let Some(Ok(found)) = &found {
+            remember(st, found);
+        }
+        let coding = &st.coding;
+        let reply =
+            st.table
+                .handle_frame(Instant::now(), client, frame, |_, segment| match &found {
+                    Some(found) => resolve_segment(coding, found, segment),
+                    None => Err(Frame::error(ErrorCode::BadRequest, "Hello expected first")),
+                });
+        st.pump();
+        reply
+    };
+    let (frame, after) = match reply {
+        Reply::Send(frame) => {
+            if is_hello && matches!(frame, Frame::Hello(_)) {
+                *greeted = true;
+            }
+            (Some(frame), After::Continue)
+        }
+        Reply::SendAndClose(frame) => (Some(frame), After::Close),
+        Reply::Close => (None, After::Close),
+        Reply::Nothing => (None, After::Continue),
+        Reply::Unhandled(Frame::FileMetaRequest { name }) => {
+            let found = lookup(state, &name).await;
+            let frame = match found {
+                Ok(found) => {
+                    let mut st = state.borrow_mut();
+                    remember(&mut st, &found);
+                    st.pump();
+                    file_meta_frame(&st.coding, &found.file)
+                }
+                Err(error) => catalog_error_frame(&error),
+            };
+            (Some(frame), After::Continue)
+        }
+        Reply::Unhandled(Frame::ListFiles) => {
+            let catalog = Arc::clone(&state.borrow().catalog);
+            let listed = tokio::task::spawn_blocking(move || catalog.list()).await;
+            let frame = match listed {
+                Ok(Ok(files)) => file_list_frame(files),
+                Ok(Err(error)) => catalog_error_frame(&error),
+                Err(error) => Frame::error(ErrorCode::Internal, error.to_string()),
+            };
+            (Some(frame), After::Continue)
+        }
+        Reply::Unhandled(other) => (
+            Some(Frame::error(
+                ErrorCode::BadRequest,
+                format!("{} is not a request to the server", other.kind()),
+            )),
+            After::Continue,
+        ),
+    };
+    if let Some(frame) = frame {
+        if let Err(error) = frame.encode(out) {
+            tracing::error!(%error, kind = frame.kind(), "cannot encode reply");
+            let _ = Frame::error(ErrorCode::Internal, "reply too large").encode(out);
+        }
+    }
+    after
+}
+
+fn file_list_frame(files: Vec<crate::catalog::ListedFile>) -> Frame {
+    // Stay well inside the frame limit: each entry costs its name + 10 bytes.
+    let budget = MAX_FRAME_LEN - 1024;
+    let mut used = 0;
+    let mut entries = Vec::new();
+    let mut truncated = false;
+    for file in files {
+        let cost = file.name.len() + 10;
+        if entries.len() >= MAX_FILE_LIST || used + cost > budget {
+            truncated = true;
+            break;
+        }
+        used += cost;
+        entries.push(FileEntry {
+            name: file.name,
+            size: file.size,
+        });
+    }
+    Frame::FileList { entries, truncated }
+}
+
+async fn connection(
+    state: Rc<RefCell<State>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    client: ClientId,
+    mut close_rx: tokio::sync::oneshot::Receiver<()>,
+) {
+    let span = tracing::debug_span!("connection", client = client.0, %peer);
+    let _ = stream.set_nodelay(true);
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut out = Vec::new();
+    let mut greeted = false;
+    tracing::debug!(parent: &span, "connected");
+    'conn: loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let after = handle_frame(&state, client, &mut greeted, frame, &mut out).await;
+                    if !out.is_empty() {
+                        if stream.write_all(&out).await.is_err() {
+                            break 'conn;
+                        }
+                        out.clear();
+                    }
+                    if matches!(after, After::Close) {
+                        break 'conn;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    state
+                        .borrow()
+                        .stats
+                        .malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(parent: &span, %error, "malformed frame, closing connection");
+                    let mut bytes = Vec::new();
+                    if Frame::error(ErrorCode::BadRequest, format!("malformed frame: {error}"))
+                        .encode(&mut bytes)
+                        .is_ok()
+                    {
+                        let _ = stream.write_all(&bytes).await;
+                    }
+                    break 'conn;
+                }
+            }
+        }
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(n) => decoder.push(&buf[..n]),
+            },
+            _ = &mut close_rx => break 'conn,
+        }
+    }
+    let _ = stream.shutdown().await;
+    let mut st = state.borrow_mut();
+    st.closers.remove(&client);
+    st.table.disconnect(Instant::now(), client);
+    st.pump();
+    tracing::debug!(parent: &span, "disconnected");
+}

@@ -1,0 +1,650 @@
+//! Shards: pinned sender threads, each with its own `ccfd_ring::Ring`.
+//!
+//! Contract:
+//! - [`Shard::spawn`] starts the thread and returns once its ring exists (or failed); the control plane
+//!   then talks to it only through [`Shard::send`] (a bounded crossbeam queue + the ring's `Waker`): it
+//!   never blocks on the shard, and the shard never blocks on it.
+//! - A session's commands arrive in table order: `Start` (binds the session's UDP socket on
+//!   `bind_ip:data_port`, builds the snc encoder over the mapped segment), `AddReceiver`/`SetRate`/
+//!   `RemoveReceiver`, `End` (closes the socket, drops the encoder and with it the mapping).
+//! - Each receiver has its own snc [`Stream`] (a fresh random key, so its packets are distinct from every
+//!   other receiver's) and its own [`TokenBucket`] at the rate the session table gave it; the shard also
+//!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A batch is up to
+//!   64 equal-size datagrams to one receiver, sealed in place with the session key
+//!   (`ccfd_proto::DataPacket::seal_in_place`) and sent as one GSO `sendmsg`.
+//! - Each loop iteration ticks the [`Watchdog`]; a stalled shard stops `WATCHDOG=1`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ccfd_proto::{
+    ClientId, DataHeader, DataPacket, Origin, SessionId, SessionKey, DATA_HEADER_LEN,
+};
+use ccfd_ring::{max_datagrams, Ring, RingConfig, SendError, SocketConfig, SocketId, Waker};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use snc::encoder::Stream;
+use snc::Layout;
+
+use crate::catalog::ServedFile;
+use crate::coder::SessionCoder;
+use crate::notify::Watchdog;
+use crate::pacing::{batch_datagrams, EgressLimiter, TokenBucket};
+
+/// Capacity of each shard's command queue.
+pub const QUEUE_CAPACITY: usize = 4096;
+/// Most GSO batches sent to one receiver per loop iteration.
+const BATCHES_PER_TURN: usize = 4;
+
+/// A command for a shard.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Start a session: bind its socket, build its encoder.
+    Start {
+        /// Session id.
+        session: SessionId,
+        /// Segment index.
+        segment: u32,
+        /// The file version served.
+        file: Arc<ServedFile>,
+        /// Validated code layout of the segment.
+        layout: Box<Layout>,
+        /// MAC key.
+        key: SessionKey,
+        /// Local address of the session's socket (`listen_ip:udp_base + session`).
+        bind: SocketAddr,
+    },
+    /// Stream to a receiver.
+    AddReceiver {
+        /// Session id.
+        session: SessionId,
+        /// The client.
+        client: ClientId,
+        /// Its UDP address.
+        addr: SocketAddr,
+        /// Pacing rate, bits/s.
+        rate_bps: u64,
+    },
+    /// Change a receiver's rate.
+    SetRate {
+        /// Session id.
+        session: SessionId,
+        /// The client.
+        client: ClientId,
+        /// New rate, bits/s.
+        rate_bps: u64,
+    },
+    /// Stop streaming to a receiver.
+    RemoveReceiver {
+        /// Session id.
+        session: SessionId,
+        /// The client.
+        client: ClientId,
+    },
+    /// End a session.
+    End {
+        /// Session id.
+        session: SessionId,
+    },
+}
+
+/// Counters of one shard (read from any thread).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Data packets queued for sending.
+    pub packets: AtomicU64,
+    /// Their bytes (UDP payload: header + codec payload + MAC).
+    pub bytes: AtomicU64,
+    /// GSO batches queued.
+    pub batches: AtomicU64,
+    /// Sessions started.
+    pub sessions_started: AtomicU64,
+    /// Sessions that could not start (bind or encoder error).
+    pub session_errors: AtomicU64,
+    /// Packets the encoder or sealer refused (should stay 0).
+    pub encode_errors: AtomicU64,
+    /// Times the send-buffer pool was empty.
+    pub pool_exhausted: AtomicU64,
+    /// Send errors reported by the ring.
+    pub send_errors: AtomicU64,
+    /// Live sessions.
+    pub live_sessions: AtomicU64,
+    /// Live receivers.
+    pub live_receivers: AtomicU64,
+}
+
+/// Static settings of a shard.
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Shard index (also the watchdog participant index).
+    pub index: usize,
+    /// Core to pin to, if any.
+    pub core: Option<core_affinity::CoreId>,
+    /// Server-wide egress cap.
+    pub egress: Option<Arc<EgressLimiter>>,
+    /// The watchdog.
+    pub watchdog: Arc<Watchdog>,
+    /// Set to stop the shard.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// Why a shard did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The ring could not be created.
+    #[error("shard {index}: {source}")]
+    Ring {
+        /// Shard index.
+        index: usize,
+        /// The ring error.
+        source: ccfd_ring::RingError,
+    },
+    /// The thread could not be spawned or died before reporting.
+    #[error("shard {index}: thread failed to start: {reason}")]
+    Thread {
+        /// Shard index.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The sending side of a shard's command queue (cloneable, `Send`).
+#[derive(Debug, Clone)]
+pub struct ShardSender {
+    tx: Sender<ShardMsg>,
+    waker: Waker,
+}
+
+impl ShardSender {
+    /// Queues a command without blocking and wakes the shard; gives the command back when the queue is
+    /// full (or the shard is gone).
+    pub fn send(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
+        let result = match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => Err(msg),
+        };
+        self.waker.wake();
+        result
+    }
+}
+
+/// Handle of a running shard.
+#[derive(Debug)]
+pub struct Shard {
+    index: usize,
+    sender: ShardSender,
+    stats: Arc<ShardStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Shard {
+    /// Starts shard `settings.index` and waits until its ring is up.
+    pub fn spawn(settings: ShardSettings) -> Result<Shard, ShardError> {
+        let index = settings.index;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let stats = Arc::new(ShardStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name(format!("ccfd-shard-{index}"))
+            .spawn(move || {
+                if let Some(core) = settings.core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(shard = index, core = core.id, "could not pin shard");
+                    }
+                }
+                let ring = match Ring::new(&ring_config()) {
+                    Ok(ring) => ring,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(ring.waker()));
+                let span = tracing::info_span!("shard", index);
+                let _enter = span.enter();
+                tracing::info!(backend = ?ring.backend(), "shard running");
+                ShardLoop::new(settings, ring, rx, thread_stats).run();
+            })
+            .map_err(|e| ShardError::Thread {
+                index,
+                reason: e.to_string(),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(waker)) => Ok(Shard {
+                index,
+                sender: ShardSender { tx, waker },
+                stats,
+                thread: Some(thread),
+            }),
+            Ok(Err(source)) => {
+                let _ = thread.join();
+                Err(ShardError::Ring { index, source })
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ShardError::Thread {
+                    index,
+                    reason: "exited before reporting".into(),
+                })
+            }
+        }
+    }
+
+    /// A sender for the shard's queue.
+    pub fn sender(&self) -> ShardSender {
+        self.sender.clone()
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> &Arc<ShardStats> {
+        &self.stats
+    }
+
+    /// Waits for the thread to end (after the shutdown flag was set).
+    pub fn join(mut self) {
+        self.sender.waker.wake();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(shard = self.index, "shard thread panicked");
+            }
+        }
+    }
+}
+
+fn ring_config() -> RingConfig {
+    // The server only sends: a tiny receive side, a larger send pool.
+    RingConfig::default()
+        .recv_buffers(16, 4096)
+        .send_buffers(256)
+}
+
+struct ShardReceiver {
+    client: ClientId,
+    addr: SocketAddr,
+    bucket: TokenBucket,
+    stream: Stream,
+}
+
+struct ShardSession {
+    segment: u32,
+    key: SessionKey,
+    socket: SocketId,
+    coder: SessionCoder,
+    receivers: Vec<ShardReceiver>,
+}
+
+enum BatchOutcome {
+    /// Sent a batch.
+    Sent,
+    /// Nothing to send before this many nanoseconds.
+    Wait(u64),
+    /// No send buffer free.
+    Exhausted,
+    /// Nothing to send at all (empty segment, encoder failure).
+    Idle,
+}
+
+struct ShardLoop {
+    settings: ShardSettings,
+    ring: Ring,
+    rx: Receiver<ShardMsg>,
+    stats: Arc<ShardStats>,
+    sessions: BTreeMap<SessionId, ShardSession>,
+    /// Secret from which receivers' stream keys derive.
+    stream_secret: [u8; 32],
+    streams_made: u64,
+    turn: usize,
+}
+
+impl ShardLoop {
+    fn new(
+        settings: ShardSettings,
+        ring: Ring,
+        rx: Receiver<ShardMsg>,
+        stats: Arc<ShardStats>,
+    ) -> Self {
+        let mut stream_secret = [0u8; 32];
+        if let Err(error) = getrandom::fill(&mut stream_secret) {
+            tracing::warn!(%error, "getrandom failed; stream keys derive from the clock");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            stream_secret = *blake3::hash(&now.as_nanos().to_le_bytes()).as_bytes();
+        }
+        Self {
+            settings,
+            ring,
+            rx,
+            stats,
+            sessions: BTreeMap::new(),
+            stream_secret,
+            streams_made: 0,
+            turn: 0,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.settings.watchdog.now_ns()
+    }
+
+    fn run(&mut self) {
+        let watchdog = Arc::clone(&self.settings.watchdog);
+        while !self.settings.shutdown.load(Ordering::Acquire) {
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+            }
+            let now = self.now_ns();
+            watchdog.tick(self.settings.index, now);
+            let (next_ns, exhausted, sent) = self.send_round(now);
+            let max_sleep = watchdog.max_sleep();
+            let timeout = if exhausted {
+                Some(Duration::from_micros(200))
+            } else if sent {
+                Some(Duration::ZERO)
+            } else {
+                Some(next_ns.map_or(max_sleep, |ns| {
+                    Duration::from_nanos(ns.saturating_sub(self.now_ns())).min(max_sleep)
+                }))
+            };
+            if let Err(error) = self.ring.wait(timeout) {
+                tracing::warn!(%error, "ring wait failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Err(error) = self.ring.process(1024, |_| {}) {
+                tracing::warn!(%error, "ring process failed");
+            }
+            let counters = self.ring.counters();
+            self.stats
+                .send_errors
+                .store(counters.send_error_datagrams, Ordering::Relaxed);
+        }
+        // Clean exit: close every socket (queued sends still go out).
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end(id);
+        }
+        let _ = self.ring.submit();
+        tracing::info!("shard stopped");
+    }
+
+    fn handle(&mut self, msg: ShardMsg) {
+        let now = self.now_ns();
+        match msg {
+            ShardMsg::Start {
+                session,
+                segment,
+                file,
+                layout,
+                key,
+                bind,
+            } => self.start(session, segment, file, &layout, key, bind),
+            ShardMsg::AddReceiver {
+                session,
+                client,
+                addr,
+                rate_bps,
+            } => {
+                let key = self.next_stream_key();
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    tracing::debug!(session = session.0, "receiver for an unknown session");
+                    return;
+                };
+                let dgram = max_datagram_len(&s.coder);
+                s.receivers.retain(|r| r.client != client);
+                s.receivers.push(ShardReceiver {
+                    client,
+                    addr,
+                    bucket: TokenBucket::new(rate_bps, dgram, now),
+                    stream: Stream::new(key),
+                });
+                self.stats.live_receivers.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(session = session.0, client = client.0, %addr, rate_bps, "receiver added");
+            }
+            ShardMsg::SetRate {
+                session,
+                client,
+                rate_bps,
+            } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    let dgram = max_datagram_len(&s.coder);
+                    if let Some(r) = s.receivers.iter_mut().find(|r| r.client == client) {
+                        r.bucket.set_rate(rate_bps, dgram, now);
+                    }
+                }
+            }
+            ShardMsg::RemoveReceiver { session, client } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    let before = s.receivers.len();
+                    s.receivers.retain(|r| r.client != client);
+                    let removed = (before - s.receivers.len()) as u64;
+                    self.stats
+                        .live_receivers
+                        .fetch_sub(removed, Ordering::Relaxed);
+                }
+            }
+            ShardMsg::End { session } => self.end(session),
+        }
+    }
+
+    fn next_stream_key(&mut self) -> u64 {
+        self.streams_made += 1;
+        let mut hasher = blake3::Hasher::new_keyed(&self.stream_secret);
+        hasher.update(&self.settings.index.to_le_bytes());
+        hasher.update(&self.streams_made.to_le_bytes());
+        u64::from_le_bytes(
+            hasher.finalize().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    }
+
+    fn start(
+        &mut self,
+        session: SessionId,
+        segment: u32,
+        file: Arc<ServedFile>,
+        layout: &Layout,
+        key: SessionKey,
+        bind: SocketAddr,
+    ) {
+        if self.sessions.contains_key(&session) {
+            self.end(session);
+        }
+        file.prefetch_segment(segment);
+        let name = file.name.clone();
+        let coder = match SessionCoder::build(layout, file, segment) {
+            Ok(coder) => coder,
+            Err(error) => {
+                self.stats.session_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(session = session.0, file = %name, segment, %error, "cannot encode segment");
+                return;
+            }
+        };
+        let config = SocketConfig::new(bind)
+            .receive(false)
+            .gro(false)
+            .recv_buffer(64 << 10);
+        let socket = match self.ring.bind(&config) {
+            Ok(socket) => socket,
+            Err(error) => {
+                self.stats.session_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(session = session.0, %bind, %error, "cannot bind session socket");
+                return;
+            }
+        };
+        self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        self.stats.live_sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(session = session.0, file = %name, segment, %bind, "session started");
+        self.sessions.insert(
+            session,
+            ShardSession {
+                segment,
+                key,
+                socket,
+                coder,
+                receivers: Vec::new(),
+            },
+        );
+    }
+
+    fn end(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.remove(&session) {
+            self.stats
+                .live_receivers
+                .fetch_sub(s.receivers.len() as u64, Ordering::Relaxed);
+            self.stats.live_sessions.fetch_sub(1, Ordering::Relaxed);
+            if let Err(error) = self.ring.close(s.socket) {
+                tracing::warn!(session = session.0, %error, "closing session socket");
+            }
+            tracing::info!(session = session.0, "session ended");
+        }
+    }
+
+    /// One pass over every receiver (starting at a rotating one, so no receiver is always first).
+    /// Returns (earliest instant something becomes sendable, pool exhausted, anything sent).
+    fn send_round(&mut self, now: u64) -> (Option<u64>, bool, bool) {
+        let mut next: Option<u64> = None;
+        let mut sent_any = false;
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        if ids.is_empty() {
+            return (None, false, false);
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let start = self.turn % ids.len();
+        for k in 0..ids.len() {
+            let id = ids[(start + k) % ids.len()];
+            let Some(session) = self.sessions.get_mut(&id) else {
+                continue;
+            };
+            let receivers = session.receivers.len();
+            for j in 0..receivers {
+                let r = (self.turn + j) % receivers;
+                for _ in 0..BATCHES_PER_TURN {
+                    match send_batch(
+                        &mut self.ring,
+                        session,
+                        id,
+                        r,
+                        now,
+                        self.settings.egress.as_deref(),
+                        &self.stats,
+                    ) {
+                        BatchOutcome::Sent => sent_any = true,
+                        BatchOutcome::Wait(ns) => {
+                            let at = now + ns;
+                            next = Some(next.map_or(at, |n: u64| n.min(at)));
+                            break;
+                        }
+                        BatchOutcome::Exhausted => {
+                            self.stats.pool_exhausted.fetch_add(1, Ordering::Relaxed);
+                            return (next, true, sent_any);
+                        }
+                        BatchOutcome::Idle => break,
+                    }
+                }
+            }
+        }
+        (next, false, sent_any)
+    }
+}
+
+/// Largest datagram a session sends (coded packet + data header + MAC).
+fn max_datagram_len(coder: &SessionCoder) -> usize {
+    DataPacket::sealed_len(snc::packet::max_len(coder.encoder().layout()))
+}
+
+/// Fills and queues one GSO batch for receiver `r` of `session`.
+fn send_batch(
+    ring: &mut Ring,
+    session: &mut ShardSession,
+    id: SessionId,
+    r: usize,
+    now: u64,
+    egress: Option<&EgressLimiter>,
+    stats: &ShardStats,
+) -> BatchOutcome {
+    let encoder = session.coder.encoder();
+    let receiver = &mut session.receivers[r];
+    let Some(first) = encoder.plan(&receiver.stream, receiver.stream.counter) else {
+        return BatchOutcome::Idle;
+    };
+    let payload_len = encoder.packet_len(&first);
+    let dgram = DataPacket::sealed_len(payload_len);
+    let max = max_datagrams(dgram).min(ccfd_ring::MAX_SEGMENTS);
+    let n = batch_datagrams(&mut receiver.bucket, now, dgram, max);
+    if n == 0 {
+        return BatchOutcome::Wait(receiver.bucket.wait_ns(now, dgram).max(1));
+    }
+    if let Some(limiter) = egress {
+        if let Err(wait) = limiter.try_acquire(now, n * dgram) {
+            return BatchOutcome::Wait(wait.max(1));
+        }
+    }
+    let mut buffer = match ring.send_buffer(session.socket, receiver.addr, dgram) {
+        Ok(buffer) => buffer,
+        Err(SendError::PoolExhausted) => return BatchOutcome::Exhausted,
+        Err(error) => {
+            stats.encode_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = id.0, %error, "no send buffer");
+            return BatchOutcome::Idle;
+        }
+    };
+    let mut sent = 0usize;
+    let mut failed = false;
+    while sent < n && !buffer.is_full() {
+        let counter = receiver.stream.counter;
+        let Some(plan) = encoder.plan(&receiver.stream, counter) else {
+            break;
+        };
+        if encoder.packet_len(&plan) != payload_len {
+            break; // systematic → coded switch: the next batch has the other size
+        }
+        let header = DataHeader {
+            origin: Origin::Server,
+            session: id,
+            segment: session.segment,
+            seq: counter as u32,
+        };
+        let key = &session.key;
+        let written = buffer.push_with(|buf| {
+            let Ok(len) = encoder.write(&plan, &mut buf[DATA_HEADER_LEN..]) else {
+                return 0;
+            };
+            DataPacket::seal_in_place(key, &header, buf, len).unwrap_or(0)
+        });
+        match written {
+            Ok(len) if len == dgram => {
+                receiver.stream.counter += 1;
+                sent += 1;
+            }
+            _ => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    if failed {
+        stats.encode_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    if sent == 0 {
+        drop(buffer);
+        return BatchOutcome::Idle;
+    }
+    buffer.queue();
+    let bytes = sent * dgram;
+    receiver.bucket.consume(bytes);
+    stats.packets.fetch_add(sent as u64, Ordering::Relaxed);
+    stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    BatchOutcome::Sent
+}
+
+/// The socket address of a session: the listen IP and `udp_base + session`.
+pub fn session_bind_addr(listen_ip: IpAddr, data_port: u16) -> SocketAddr {
+    SocketAddr::new(listen_ip, data_port)
+}

@@ -1,0 +1,403 @@
+//! The server over real TCP and UDP on 127.0.0.x: malformed frames close only their connection, path
+//! refusals, limits, and a raw UDP receiver that gets MAC-valid packets which decode with snc.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ccfd_proto::{
+    DataHeader, DataPacket, ErrorCode, FileMeta, Frame, FrameDecoder, Hello, NodeId, Role,
+    SessionMeta, PROTOCOL_VERSION,
+};
+use ccfd_server::config::Settings;
+use ccfd_server::Server;
+
+const SEGMENT: u64 = 128 << 10;
+
+fn patterned(len: usize, seed: u8) -> Vec<u8> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A root with `a.bin` (3 segments of at most 128 KiB), `tiny` (1 byte), `empty`, a symlink out and a
+/// file outside the root.
+fn root_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.bin"), patterned(300_000, 7)).unwrap();
+    std::fs::write(root.join("tiny"), b"x").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(dir.path().join("secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("passwd")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), root.join("secret")).unwrap();
+    dir
+}
+
+fn start(dir: &Path, ip: &str, udp_base: u16, configure: impl FnOnce(&mut Settings)) -> Server {
+    let mut settings = Settings::with_root(dir.join("root"));
+    settings.listen = format!("{ip}:0").parse().unwrap();
+    settings.udp_base = udp_base;
+    settings.shards = 1;
+    settings.coding.segment_size = SEGMENT;
+    settings.limits.max_sessions = 16;
+    configure(&mut settings);
+    Server::start(&settings).expect("server starts")
+}
+
+/// A port base unlikely to collide between concurrent test binaries.
+fn udp_base(offset: u16) -> u16 {
+    20_000 + (std::process::id() % 2_000) as u16 * 16 + offset
+}
+
+struct Ctl {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl Ctl {
+    fn connect(addr: SocketAddr) -> Ctl {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Ctl {
+            stream,
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    fn send(&mut self, frame: &Frame) {
+        self.stream.write_all(&frame.to_bytes().unwrap()).unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    fn recv(&mut self) -> Option<Frame> {
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(frame) = self
+                .decoder
+                .next_frame()
+                .expect("server sends valid frames")
+            {
+                return Some(frame);
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    fn request(&mut self, frame: &Frame) -> Frame {
+        self.send(frame);
+        self.recv().expect("a reply")
+    }
+
+    fn hello(&mut self, node: u64, data_addr: Option<SocketAddr>) {
+        let reply = self.request(&Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            node_id: NodeId(node),
+            data_addr,
+            control_addr: None,
+        }));
+        assert!(
+            matches!(
+                reply,
+                Frame::Hello(Hello {
+                    role: Role::Server,
+                    ..
+                })
+            ),
+            "{reply:?}"
+        );
+    }
+
+    fn meta(&mut self, name: &str) -> Result<FileMeta, (ErrorCode, String)> {
+        match self.request(&Frame::FileMetaRequest { name: name.into() }) {
+            Frame::FileMeta(meta) => Ok(meta),
+            Frame::Error { code, message } => Err((code, message)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn error_code(frame: &Frame) -> Option<ErrorCode> {
+    match frame {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn file_meta_has_blake3_digests_per_segment() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.51", udp_base(0), |_| {});
+    let mut ctl = Ctl::connect(server.control_addr());
+    ctl.hello(1, None);
+    let meta = ctl.meta("a.bin").unwrap();
+    let data = patterned(300_000, 7);
+    assert_eq!(meta.size, 300_000);
+    assert_eq!(meta.segment_count, 3);
+    for i in 0..meta.segment_count {
+        let range = meta.segment_range(i).unwrap();
+        let slice = &data[range.start as usize..range.end as usize];
+        assert_eq!(
+            meta.digests[i as usize],
+            *blake3::hash(slice).as_bytes(),
+            "segment {i}"
+        );
+    }
+    let empty = ctl.meta("empty").unwrap();
+    assert_eq!((empty.size, empty.segment_count), (0, 0));
+    let tiny = ctl.meta("tiny").unwrap();
+    assert_eq!((tiny.size, tiny.segment_count), (1, 1));
+    match ctl.request(&Frame::ListFiles) {
+        Frame::FileList { entries, truncated } => {
+            let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["a.bin", "empty", "tiny"]);
+            assert!(!truncated);
+        }
+        other => panic!("{other:?}"),
+    }
+    server.shutdown();
+}
+
+#[test]
+fn paths_out_of_the_root_are_refused_over_tcp() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.52", udp_base(1), |_| {});
+    let mut ctl = Ctl::connect(server.control_addr());
+    ctl.hello(1, None);
+    for name in [
+        "../etc/passwd",
+        "/etc/passwd",
+        "passwd",
+        "secret",
+        "../secret",
+    ] {
+        let (code, _) = ctl.meta(name).expect_err(name);
+        assert_eq!(code, ErrorCode::PathRefused, "{name}");
+    }
+    assert_eq!(ctl.meta("nope").unwrap_err().0, ErrorCode::NoSuchFile);
+    let reply = ctl.request(&Frame::RequestSegment {
+        name: "../etc/passwd".into(),
+        segment: 0,
+        receive_addr: "127.0.0.52:9".parse().unwrap(),
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::PathRefused));
+    let reply = ctl.request(&Frame::RequestSegment {
+        name: "a.bin".into(),
+        segment: 3,
+        receive_addr: "127.0.0.52:9".parse().unwrap(),
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::NoSuchSegment));
+    server.shutdown();
+}
+
+#[test]
+fn malformed_frame_closes_only_that_connection() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.53", udp_base(2), |_| {});
+    let mut good = Ctl::connect(server.control_addr());
+    good.hello(1, None);
+    let malformed: [&[u8]; 3] = [
+        &[2, 0, 0, 0, PROTOCOL_VERSION, 250],  // unknown tag
+        &[2, 0, 0, 0, 99, 1],                  // unknown version
+        &[0xff, 0xff, 0xff, 0x7f, 1, 1, 1, 1], // length over the limit
+    ];
+    for bytes in malformed {
+        let mut bad = Ctl::connect(server.control_addr());
+        bad.hello(2, None);
+        bad.stream.write_all(bytes).unwrap();
+        let reply = bad.recv();
+        assert_eq!(
+            reply.as_ref().and_then(error_code),
+            Some(ErrorCode::BadRequest),
+            "{reply:?}"
+        );
+        assert!(bad.recv().is_none(), "the malformed connection is closed");
+        // The other client keeps working, and new clients are accepted.
+        assert_eq!(good.meta("a.bin").unwrap().segment_count, 3);
+    }
+    let mut late = Ctl::connect(server.control_addr());
+    late.hello(3, None);
+    assert_eq!(late.meta("tiny").unwrap().size, 1);
+    // A request before Hello is refused and closes that connection only.
+    let mut rude = Ctl::connect(server.control_addr());
+    let reply = rude.request(&Frame::ListFiles);
+    assert_eq!(error_code(&reply), Some(ErrorCode::BadRequest));
+    assert!(rude.recv().is_none());
+    assert_eq!(good.meta("a.bin").unwrap().size, 300_000);
+    assert!(server.stats().malformed >= 3);
+    server.shutdown();
+}
+
+fn request_segment(ctl: &mut Ctl, name: &str, segment: u32, receive: SocketAddr) -> SessionMeta {
+    match ctl.request(&Frame::RequestSegment {
+        name: name.into(),
+        segment,
+        receive_addr: receive,
+    }) {
+        Frame::SessionMeta(meta) => meta,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Receives until the segment decodes; returns (decoded bytes, valid packets, packets with a bad MAC).
+fn receive_segment(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
+    let params = ccfd_server::coder::snc_params_from_wire(&meta.code, meta.segment_len);
+    let layout = params.validate().unwrap();
+    let mut out = vec![0u8; meta.segment_len as usize];
+    let mut decoder = snc::decoder::Decoder::new(&layout, &mut out).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut valid = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !decoder.is_complete() {
+        assert!(
+            Instant::now() < deadline,
+            "segment not decoded in time ({valid} packets)"
+        );
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let header = DataHeader::peek(&buf[..n]).expect("server header");
+        assert_eq!(header.session, meta.session);
+        assert_eq!(header.segment, meta.segment);
+        let (_, payload) = DataPacket::open(&meta.key, &buf[..n]).expect("MAC verifies");
+        // A forged copy (one payload bit flipped) must fail the MAC.
+        let mut forged = buf[..n].to_vec();
+        forged[20] ^= 1;
+        assert!(DataPacket::open(&meta.key, &forged).is_err());
+        decoder.push(payload).expect("server payload decodes");
+        valid += 1;
+    }
+    drop(decoder);
+    (out, valid)
+}
+
+#[test]
+fn raw_udp_receiver_gets_mac_valid_packets_that_decode() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.54", udp_base(3), |_| {});
+    let data = patterned(300_000, 7);
+    let socket = UdpSocket::bind("127.0.0.55:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let receive = socket.local_addr().unwrap();
+    let mut ctl = Ctl::connect(server.control_addr());
+    ctl.hello(9, Some(receive));
+    let file = ctl.meta("a.bin").unwrap();
+    for segment in [1u32, 2] {
+        let meta = request_segment(&mut ctl, "a.bin", segment, receive);
+        assert_eq!(meta.data_port, udp_base(3) + meta.session.0 as u16);
+        assert_eq!(meta.version, file.version);
+        let (decoded, valid) = receive_segment(&socket, &meta);
+        let range = file.segment_range(segment).unwrap();
+        assert_eq!(decoded, &data[range.start as usize..range.end as usize]);
+        assert_eq!(
+            *blake3::hash(&decoded).as_bytes(),
+            file.digests[segment as usize]
+        );
+        assert!(valid >= u64::from(layout_k(&meta)), "{valid} packets");
+        let ack = ctl.request(&Frame::StopSegment {
+            session: meta.session,
+        });
+        assert_eq!(
+            ack,
+            Frame::Ack {
+                session: meta.session
+            }
+        );
+        // After the stop, the stream dries up.
+        let mut buf = [0u8; 2048];
+        let drain_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < drain_until {
+            let _ = socket.recv(&mut buf);
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut late = 0;
+        while let Ok(n) = socket.recv(&mut buf) {
+            if DataHeader::peek(&buf[..n]).is_ok_and(|h| h.session == meta.session) {
+                late += 1;
+            }
+        }
+        assert_eq!(late, 0, "packets after StopSegment");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    let stats = server.stats();
+    assert!(stats.packets > 0 && stats.batches > 0);
+    assert!(
+        stats.packets > stats.batches,
+        "GSO batches carry several datagrams: {stats:?}"
+    );
+    server.shutdown();
+}
+
+fn layout_k(meta: &SessionMeta) -> u32 {
+    meta.segment_len.div_ceil(u64::from(meta.code.symbol_size)) as u32
+}
+
+#[test]
+fn session_limit_gives_an_explicit_error() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.56", udp_base(4), |s| {
+        s.limits.max_sessions = 1;
+        s.max_rate = Some(ccfd_server::units::BitRate::from_bits_per_sec(10_000_000).unwrap());
+    });
+    let sink = UdpSocket::bind("127.0.0.57:0").unwrap();
+    let receive = sink.local_addr().unwrap();
+    let mut a = Ctl::connect(server.control_addr());
+    a.hello(1, Some(receive));
+    let mut b = Ctl::connect(server.control_addr());
+    b.hello(2, Some(receive));
+    let first = request_segment(&mut a, "a.bin", 0, receive);
+    // Same segment: joins the same session.
+    let same = request_segment(&mut b, "a.bin", 0, receive);
+    assert_eq!(same.session, first.session);
+    let reply = b.request(&Frame::RequestSegment {
+        name: "a.bin".into(),
+        segment: 1,
+        receive_addr: receive,
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::TooManySessions));
+    server.shutdown();
+}
+
+#[test]
+fn client_limit_gives_an_explicit_error() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.58", udp_base(5), |s| {
+        s.limits.max_clients = 1
+    });
+    let mut a = Ctl::connect(server.control_addr());
+    a.hello(1, None);
+    let mut b = Ctl::connect(server.control_addr());
+    let reply = b.request(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+        node_id: NodeId(2),
+        data_addr: None,
+        control_addr: None,
+    }));
+    assert_eq!(error_code(&reply), Some(ErrorCode::TooManyClients));
+    assert!(b.recv().is_none());
+    assert_eq!(a.meta("tiny").unwrap().size, 1);
+    server.shutdown();
+}
