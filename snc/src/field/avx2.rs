@@ -18,6 +18,8 @@ impl Avx2 {
 
 type V = __m256i;
 const W: usize = 32;
+/// Destination vectors kept in registers per block by `mul_add_multi`.
+const MUL_BLOCK: usize = 8;
 
 /// # Safety
 /// `p` is valid for reading 32 bytes.

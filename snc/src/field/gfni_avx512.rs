@@ -24,6 +24,8 @@ impl GfniAvx512 {
 
 type V = __m512i;
 const W: usize = 64;
+/// Destination vectors kept in registers per block by `mul_add_multi`.
+const MUL_BLOCK: usize = 8;
 
 /// # Safety
 /// `p` is valid for reading 64 bytes.

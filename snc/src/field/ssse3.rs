@@ -17,6 +17,8 @@ impl Ssse3 {
 
 type V = __m128i;
 const W: usize = 16;
+/// Destination vectors kept in registers per block by `mul_add_multi`.
+const MUL_BLOCK: usize = 8;
 
 /// # Safety
 /// `p` is valid for reading 16 bytes.

@@ -6,7 +6,8 @@
 //! share their indexing, unrolling and tail handling with the SSSE3/AVX2 ones that do.
 //!
 //! The invoking module must define, before calling [`region_kernels!`]:
-//! * `type V` (the vector type) and `const W: usize` (its width in bytes);
+//! * `type V` (the vector type), `const W: usize` (its width in bytes) and
+//!   `const MUL_BLOCK: usize` (destination vectors held in registers by `mul_add_multi`);
 //! * `unsafe fn load(p: *const u8) -> V` and `unsafe fn store(p: *mut u8, v: V)` (unaligned);
 //! * `fn vxor(a: V, b: V) -> V`;
 //! * `struct Mul` with `fn new(c: u8) -> Mul` and `fn apply(&self, x: V) -> V` computing
@@ -52,11 +53,40 @@ macro_rules! region_kernels {
             $crate::field::scalar::xor(&mut dst[i..], &src[i..n]);
         }
 
-        /// `dst ^= srcs[0] ^ srcs[1] ^ ...`: blocks of 8 vectors of `dst` stay in registers
-        /// while every source is folded in.
+        /// Folds every source into `N` vectors of `dst` starting at byte `i`, keeping them in
+        /// registers: one load and one store of the destination per block.
         ///
         /// # Safety
-        /// The CPU supports the target features of this module's kernel, and every source has at least `dst.len()` bytes.
+        /// The CPU supports the target features of this module's kernel, `i + N * W <= dst_len`
+        /// for the `dst_len` bytes behind `d`, and every source has at least `dst_len` bytes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn xor_multi_block<const N: usize>(d: *mut u8, srcs: &[&[u8]], i: usize) {
+            // SAFETY: i + N * W <= dst_len (caller contract); unaligned loads.
+            let mut acc = [unsafe { load(d.add(i)) }; N];
+            for (k, a) in acc.iter_mut().enumerate().skip(1) {
+                // SAFETY: as above, k < N.
+                *a = unsafe { load(d.add(i + k * W)) };
+            }
+            for src in srcs {
+                let s = src.as_ptr();
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + k * W + W <= i + N * W <= dst_len <= src.len().
+                    *a = vxor(*a, unsafe { load(s.add(i + k * W)) });
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                // SAFETY: i + k * W + W <= dst_len; unaligned stores.
+                unsafe { store(d.add(i + k * W), *a) };
+            }
+        }
+
+        /// `dst ^= srcs[0] ^ srcs[1] ^ ...`: blocks of 8 (then 4, then 1) vectors of `dst` stay
+        /// in registers while every source is folded in.
+        ///
+        /// # Safety
+        /// The CPU supports the target features of this module's kernel, and every source has at
+        /// least `dst.len()` bytes.
         #[target_feature(enable = $feat)]
         unsafe fn xor_multi_region(dst: &mut [u8], srcs: &[&[u8]]) {
             let n = dst.len();
@@ -64,85 +94,18 @@ macro_rules! region_kernels {
             let d = dst.as_mut_ptr();
             let mut i = 0;
             while i + 8 * W <= n {
-                // SAFETY: i + 8W <= n = dst.len(); unaligned loads.
-                let (mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7) = unsafe {
-                    (
-                        load(d.add(i)),
-                        load(d.add(i + W)),
-                        load(d.add(i + 2 * W)),
-                        load(d.add(i + 3 * W)),
-                        load(d.add(i + 4 * W)),
-                        load(d.add(i + 5 * W)),
-                        load(d.add(i + 6 * W)),
-                        load(d.add(i + 7 * W)),
-                    )
-                };
-                for src in srcs {
-                    let s = src.as_ptr();
-                    // SAFETY: i + 8W <= n <= src.len() (caller contract).
-                    unsafe {
-                        a0 = vxor(a0, load(s.add(i)));
-                        a1 = vxor(a1, load(s.add(i + W)));
-                        a2 = vxor(a2, load(s.add(i + 2 * W)));
-                        a3 = vxor(a3, load(s.add(i + 3 * W)));
-                        a4 = vxor(a4, load(s.add(i + 4 * W)));
-                        a5 = vxor(a5, load(s.add(i + 5 * W)));
-                        a6 = vxor(a6, load(s.add(i + 6 * W)));
-                        a7 = vxor(a7, load(s.add(i + 7 * W)));
-                    }
-                }
-                // SAFETY: i + 8W <= n = dst.len(); unaligned stores.
-                unsafe {
-                    store(d.add(i), a0);
-                    store(d.add(i + W), a1);
-                    store(d.add(i + 2 * W), a2);
-                    store(d.add(i + 3 * W), a3);
-                    store(d.add(i + 4 * W), a4);
-                    store(d.add(i + 5 * W), a5);
-                    store(d.add(i + 6 * W), a6);
-                    store(d.add(i + 7 * W), a7);
-                }
+                // SAFETY: i + 8W <= n = dst.len(); sources checked by our caller.
+                unsafe { xor_multi_block::<8>(d, srcs, i) };
                 i += 8 * W;
             }
             if i + 4 * W <= n {
-                // Half a block (e.g. 1280 = 2 x 512 + 256 bytes with 64-byte vectors).
-                // SAFETY: i + 4W <= n = dst.len(); unaligned loads.
-                let (mut a0, mut a1, mut a2, mut a3) = unsafe {
-                    (
-                        load(d.add(i)),
-                        load(d.add(i + W)),
-                        load(d.add(i + 2 * W)),
-                        load(d.add(i + 3 * W)),
-                    )
-                };
-                for src in srcs {
-                    let s = src.as_ptr();
-                    // SAFETY: i + 4W <= n <= src.len() (caller contract).
-                    unsafe {
-                        a0 = vxor(a0, load(s.add(i)));
-                        a1 = vxor(a1, load(s.add(i + W)));
-                        a2 = vxor(a2, load(s.add(i + 2 * W)));
-                        a3 = vxor(a3, load(s.add(i + 3 * W)));
-                    }
-                }
-                // SAFETY: i + 4W <= n = dst.len(); unaligned stores.
-                unsafe {
-                    store(d.add(i), a0);
-                    store(d.add(i + W), a1);
-                    store(d.add(i + 2 * W), a2);
-                    store(d.add(i + 3 * W), a3);
-                }
+                // SAFETY: i + 4W <= n = dst.len(); sources checked by our caller.
+                unsafe { xor_multi_block::<4>(d, srcs, i) };
                 i += 4 * W;
             }
             while i + W <= n {
-                // SAFETY: i + W <= n = dst.len().
-                let mut a = unsafe { load(d.add(i)) };
-                for src in srcs {
-                    // SAFETY: i + W <= n <= src.len() (caller contract).
-                    a = vxor(a, unsafe { load(src.as_ptr().add(i)) });
-                }
-                // SAFETY: i + W <= n = dst.len().
-                unsafe { store(d.add(i), a) };
+                // SAFETY: i + W <= n = dst.len(); sources checked by our caller.
+                unsafe { xor_multi_block::<1>(d, srcs, i) };
                 i += W;
             }
             if i < n {
@@ -193,70 +156,71 @@ macro_rules! region_kernels {
             $crate::field::scalar::mul_add(&mut dst[i..], &src[i..n], c);
         }
 
-        /// `dst ^= sum c_k * src_k`: blocks of 4 vectors of `dst` stay in registers while every
-        /// source is multiplied and folded in (sources with `c == 0` are skipped, `c == 1` XORed).
+        /// Folds `c_k * src_k` for every source into `N` vectors of `dst` starting at byte `i`,
+        /// keeping them in registers (`c == 0` skipped, `c == 1` XORed).
         ///
         /// # Safety
-        /// The CPU supports the target features of this module's kernel, and every source has at least `dst.len()` bytes.
+        /// The CPU supports the target features of this module's kernel, `i + N * W <= dst_len`
+        /// for the `dst_len` bytes behind `d`, and every source has at least `dst_len` bytes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn mul_add_multi_block<const N: usize>(d: *mut u8, srcs: &[(&[u8], u8)], i: usize) {
+            // SAFETY: i + N * W <= dst_len (caller contract); unaligned loads.
+            let mut acc = [unsafe { load(d.add(i)) }; N];
+            for (k, a) in acc.iter_mut().enumerate().skip(1) {
+                // SAFETY: as above, k < N.
+                *a = unsafe { load(d.add(i + k * W)) };
+            }
+            for &(src, c) in srcs {
+                let s = src.as_ptr();
+                match c {
+                    0 => {}
+                    1 => {
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: i + k * W + W <= i + N * W <= dst_len <= src.len().
+                            *a = vxor(*a, unsafe { load(s.add(i + k * W)) });
+                        }
+                    }
+                    _ => {
+                        let m = Mul::new(c);
+                        for (k, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: i + k * W + W <= i + N * W <= dst_len <= src.len().
+                            *a = vxor(*a, m.apply(unsafe { load(s.add(i + k * W)) }));
+                        }
+                    }
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                // SAFETY: i + k * W + W <= dst_len; unaligned stores.
+                unsafe { store(d.add(i + k * W), *a) };
+            }
+        }
+
+        /// `dst ^= sum c_k * src_k`: blocks of `MUL_BLOCK` (then 4, then 1) vectors of `dst` stay
+        /// in registers while every source is multiplied and folded in.
+        ///
+        /// # Safety
+        /// The CPU supports the target features of this module's kernel, and every source has at
+        /// least `dst.len()` bytes.
         #[target_feature(enable = $feat)]
         unsafe fn mul_add_multi_region(dst: &mut [u8], srcs: &[(&[u8], u8)]) {
             let n = dst.len();
             debug_assert!(srcs.iter().all(|(s, _)| s.len() >= n));
             let d = dst.as_mut_ptr();
             let mut i = 0;
+            while i + MUL_BLOCK * W <= n {
+                // SAFETY: i + MUL_BLOCK * W <= n = dst.len(); sources checked by our caller.
+                unsafe { mul_add_multi_block::<MUL_BLOCK>(d, srcs, i) };
+                i += MUL_BLOCK * W;
+            }
             while i + 4 * W <= n {
-                // SAFETY: i + 4W <= n = dst.len(); unaligned loads.
-                let (mut a0, mut a1, mut a2, mut a3) = unsafe {
-                    (
-                        load(d.add(i)),
-                        load(d.add(i + W)),
-                        load(d.add(i + 2 * W)),
-                        load(d.add(i + 3 * W)),
-                    )
-                };
-                for &(src, c) in srcs {
-                    let s = src.as_ptr();
-                    match c {
-                        0 => {}
-                        // SAFETY: i + 4W <= n <= src.len() (caller contract).
-                        1 => unsafe {
-                            a0 = vxor(a0, load(s.add(i)));
-                            a1 = vxor(a1, load(s.add(i + W)));
-                            a2 = vxor(a2, load(s.add(i + 2 * W)));
-                            a3 = vxor(a3, load(s.add(i + 3 * W)));
-                        },
-                        _ => {
-                            let m = Mul::new(c);
-                            // SAFETY: i + 4W <= n <= src.len() (caller contract).
-                            unsafe {
-                                a0 = vxor(a0, m.apply(load(s.add(i))));
-                                a1 = vxor(a1, m.apply(load(s.add(i + W))));
-                                a2 = vxor(a2, m.apply(load(s.add(i + 2 * W))));
-                                a3 = vxor(a3, m.apply(load(s.add(i + 3 * W))));
-                            }
-                        }
-                    }
-                }
-                // SAFETY: i + 4W <= n = dst.len(); unaligned stores.
-                unsafe {
-                    store(d.add(i), a0);
-                    store(d.add(i + W), a1);
-                    store(d.add(i + 2 * W), a2);
-                    store(d.add(i + 3 * W), a3);
-                }
+                // SAFETY: i + 4W <= n = dst.len(); sources checked by our caller.
+                unsafe { mul_add_multi_block::<4>(d, srcs, i) };
                 i += 4 * W;
             }
             while i + W <= n {
-                // SAFETY: i + W <= n = dst.len().
-                let mut a = unsafe { load(d.add(i)) };
-                for &(src, c) in srcs {
-                    if c != 0 {
-                        // SAFETY: i + W <= n <= src.len() (caller contract).
-                        a = vxor(a, Mul::new(c).apply(unsafe { load(src.as_ptr().add(i)) }));
-                    }
-                }
-                // SAFETY: i + W <= n = dst.len().
-                unsafe { store(d.add(i), a) };
+                // SAFETY: i + W <= n = dst.len(); sources checked by our caller.
+                unsafe { mul_add_multi_block::<1>(d, srcs, i) };
                 i += W;
             }
             if i < n {
