@@ -13,8 +13,27 @@
 //! * `*_multi` operations are fused: the destination is read and written once per block while
 //!   all sources are folded into register accumulators, which is what an encoder that sums ~32
 //!   symbols into one packet wants.
-//! * ISA kernels (`Ssse3`, `Avx2`, ...) can only be constructed through their `detect()`, which
-//!   checks the CPU; their `#[target_feature]` functions are private to their modules.
+//! * ISA kernels (`Ssse3`, `Avx2`, `GfniAvx2`, `Avx512Bw`, `GfniAvx512` on x86-64) can only be
+//!   constructed through their `detect()`, which checks the CPU (and OS register state); their
+//!   `#[target_feature]` functions are private to their modules. All of them share one loop
+//!   template (`template.rs`) and differ only in vector width and in how a vector is multiplied
+//!   by a constant: split-nibble PSHUFB lookups, or one GF2P8AFFINEQB with the constant's 8x8 bit
+//!   matrix (GF2P8MULB is never used: it works in the AES field 0x11B).
+//!
+//! ```
+//! use snc::field::{gf256, Kernel};
+//!
+//! let k = Kernel::best();
+//! let (a, b) = ([1u8, 2, 3, 4], [5u8, 6, 7, 8]);
+//! let mut acc = [0u8; 4];
+//! k.mul_add_multi(&mut acc, &[(&a, 2), (&b, 1)]); // acc = 2*a + b
+//! for i in 0..4 {
+//!     assert_eq!(acc[i], gf256::mul(2, a[i]) ^ b[i]);
+//! }
+//! k.scale(&mut acc, gf256::inv(3));
+//! k.scale(&mut acc, 3);
+//! assert_eq!(acc, [2 ^ 5, 4 ^ 6, 6 ^ 7, 8 ^ 8]);
+//! ```
 
 #[macro_use]
 mod template;
