@@ -4,13 +4,18 @@
 //! human-oriented progress on stderr.
 
 mod codec;
+mod swarm;
 mod udp;
 
 use clap::{Parser, Subcommand};
 
 /// Command line of `ccfd-perf`.
 #[derive(Debug, Parser)]
-#[command(name = "ccfd-perf", version, about = "ccfd benchmark harness and local demo")]
+#[command(
+    name = "ccfd-perf",
+    version,
+    about = "ccfd benchmark harness and local demo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,6 +28,9 @@ enum Command {
     Codec(codec::CodecArgs),
     /// UDP data-plane ceiling: plain loop vs the io_uring and syscall backends of `ccfd-ring`.
     Udp(udp::UdpArgs),
+    /// The local swarm demo: a real server and N real clients on loopback (or in a namespace lab
+    /// with --rate/--loss), digests checked, a table of times, goodput, sources and overhead.
+    Swarm(swarm::SwarmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +38,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Codec(args) => codec::run(&args),
         Command::Udp(args) => udp::run(&args),
+        Command::Swarm(args) => swarm::run(&args),
     }
 }

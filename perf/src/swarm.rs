@@ -1,0 +1,951 @@
+//! `ccfd-perf swarm`: the one-command demo. It makes (or takes) a file, starts a real `ccfd-server`
+//! and N real `ccfd-client` processes, shows one live progress line per client, checks every output
+//! against the source's BLAKE3 digest, prints a table (or one JSON document) and cleans up every
+//! process and file it made. It exits non-zero, with the reason, when anything failed.
+//!
+//! Without `--rate`/`--loss` every host gets its own loopback address `127.A.B.x` (A.B derived from
+//! the process id, so concurrent runs do not collide). With either option the run happens in a
+//! network-namespace lab ([`ccfd_perf::lab`]): one namespace per host behind a bridge, `tbf` at
+//! `--rate` up and down, nftables loss at `--loss`; the table then adds the fluid lower bound
+//! `T_min = max(F/u_s, F/d_min, N*F/(u_s + sum u_i))` and each time's ratio to it.
+//!
+//! It builds nothing: the binaries are looked up next to the `ccfd-perf` executable (or in
+//! `--bin-dir`). Every run is bounded by `--timeout`.
+
+mod plot;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use ccfd_perf::lab::{self, Host, Lab, LabConfig};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Name of the lab used by `--rate` / `--loss` runs (its namespaces are `ccfdswarm-*`).
+const LAB_NAME: &str = "ccfdswarm";
+/// Subnet of that lab.
+const LAB_SUBNET: [u8; 3] = [10, 201, 0];
+/// Control and data ports inside the lab (the lab's addresses are private, so defaults are safe).
+const LAB_CONTROL_PORT: u16 = 7653;
+const LAB_UDP_BASE: u16 = 7655;
+/// How many data ports above `--udp-base` must be free on loopback.
+const UDP_PORT_SPAN: u16 = 64;
+/// How long the server may take to accept connections.
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Lines of stderr kept per process for error reports.
+const LOG_TAIL_LINES: usize = 30;
+/// Name under which the file is asked for by the fault-injection clients.
+const MISSING_NAME: &str = "no-such-file.bin";
+
+/// Options of `ccfd-perf swarm`.
+#[derive(Debug, clap::Args)]
+pub struct SwarmArgs {
+    /// Number of clients.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=200))]
+    clients: u16,
+    /// Size of the random file to make: bytes or with a unit (KiB, MiB, GiB; KB, MB, GB; K, M, G
+    /// are binary), e.g. 8MiB, 1GiB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    size: u64,
+    /// Distribute this existing file instead of a random one (it is not modified).
+    #[arg(long, value_name = "PATH", conflicts_with = "size")]
+    file: Option<PathBuf>,
+    /// Per-host rate limit, up and down, in bits/s (e.g. 200mbit): the run happens in a
+    /// network-namespace lab (root, iproute2, ethtool).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+    rate: Option<u64>,
+    /// Random UDP loss on the wire, in percent (e.g. 2): the run happens in a network-namespace lab
+    /// (root, iproute2, ethtool, nftables).
+    #[arg(long, value_name = "PCT", value_parser = parse_loss)]
+    loss: Option<f64>,
+    /// Print one JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Draw per-client progress over time, with T_min marked, into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+    /// Give up after this long (e.g. 90s, 5m) and report what was still running.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Directory holding ccfd-server and ccfd-client (default: the directory of this executable).
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Fault injection (for tests): the first N clients ask for a file the server does not have.
+    #[arg(long, hide = true, default_value_t = 0)]
+    missing_name_clients: u16,
+}
+
+/// Parses a size: a plain byte count or a number with a unit.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad size {text:?}: expected e.g. 8MiB"))?;
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > (1u64 << 50) as f64 {
+        return Err(format!("size {text:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+fn parse_rate_arg(text: &str) -> Result<u64, String> {
+    lab::parse_rate(text).map_err(|e| e.to_string())
+}
+
+fn parse_loss(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("bad loss {text:?}: a percentage such as 2 or 0.5"))?;
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("loss {text:?} must be between 0 and 100"))
+    }
+}
+
+/// The fluid lower bound on the swarm's completion time, in seconds: every host limited to
+/// `rate_bps` up and down, `clients` clients, a file of `file_bytes`.
+pub fn t_min_seconds(file_bytes: u64, clients: usize, rate_bps: u64) -> f64 {
+    let bits = file_bytes as f64 * 8.0;
+    let server_up = rate_bps as f64;
+    let client_down = rate_bps as f64;
+    let swarm_up = server_up + clients as f64 * rate_bps as f64;
+    (bits / server_up)
+        .max(bits / client_down)
+        .max(clients as f64 * bits / swarm_up)
+}
+
+/// Live state of one client, fed by the thread that reads its stderr.
+#[derive(Debug, Default)]
+struct Live {
+    bytes: u64,
+    total: Option<u64>,
+    from_server: u64,
+    from_peers: u64,
+    /// (seconds since the clients started, bytes done).
+    samples: Vec<(f64, u64)>,
+    log_tail: VecDeque<String>,
+}
+
+/// A process this run started, with the threads draining its pipes.
+struct Proc {
+    label: String,
+    child: Child,
+    ended: Option<(Instant, ExitStatus)>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<()>>,
+    live: Arc<Mutex<Live>>,
+}
+
+impl Proc {
+    fn spawn(label: String, mut command: Command, t0: Instant) -> Result<Proc> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let line = format!("{command:?}");
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {label}: {line}"))?;
+        let live = Arc::new(Mutex::new(Live::default()));
+        let stdout = child.stdout.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        });
+        let stderr = child.stderr.take().map(|pipe| {
+            let live = Arc::clone(&live);
+            std::thread::spawn(move || read_stderr(pipe, &live, t0))
+        });
+        Ok(Proc {
+            label,
+            child,
+            ended: None,
+            stdout,
+            stderr,
+            live,
+        })
+    }
+
+    /// Checks whether the process ended (recording when).
+    fn poll(&mut self) -> Option<ExitStatus> {
+        if self.ended.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.ended = Some((Instant::now(), status));
+            }
+        }
+        self.ended.map(|(_, status)| status)
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; waits for it.
+    fn stop(&mut self) {
+        if self.poll().is_some() {
+            return;
+        }
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if self.poll().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        if let Ok(status) = self.child.wait() {
+            self.ended = Some((Instant::now(), status));
+        }
+    }
+
+    /// Joins the pipe readers; returns stdout.
+    fn collect_stdout(&mut self) -> String {
+        if let Some(handle) = self.stderr.take() {
+            let _ = handle.join();
+        }
+        self.stdout
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default()
+    }
+
+    fn log_tail(&self) -> String {
+        self.live
+            .lock()
+            .map(|live| live.log_tail.iter().cloned().collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads a client's (or the server's) stderr: progress JSON lines update `live`, other lines are
+/// kept as the log tail.
+fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant) {
+    for line in BufReader::new(pipe).lines() {
+        let Ok(line) = line else { break };
+        let progress = serde_json::from_str::<Value>(&line)
+            .ok()
+            .filter(|v| v.get("event").and_then(Value::as_str) == Some("progress"));
+        let Ok(mut live) = live.lock() else { break };
+        match progress {
+            Some(event) => {
+                let field = |name: &str| event.get(name).and_then(Value::as_u64);
+                live.bytes = field("bytes").unwrap_or(live.bytes);
+                live.total = field("file_size").or(live.total);
+                live.from_server = field("bytes_from_server").unwrap_or(live.from_server);
+                live.from_peers = field("bytes_from_peers").unwrap_or(live.from_peers);
+                let sample = (t0.elapsed().as_secs_f64(), live.bytes);
+                live.samples.push(sample);
+            }
+            None => {
+                if live.log_tail.len() == LOG_TAIL_LINES {
+                    live.log_tail.pop_front();
+                }
+                live.log_tail.push_back(line);
+            }
+        }
+    }
+}
+
+/// One client's row of the report.
+#[derive(Debug, Serialize)]
+struct ClientRow {
+    client: usize,
+    address: String,
+    ok: bool,
+    exit: String,
+    seconds: Option<f64>,
+    goodput_mbit_per_s: Option<f64>,
+    bytes_from_server: Option<u64>,
+    bytes_from_peers: Option<u64>,
+    packets_received: Option<u64>,
+    packets_dropped: Option<u64>,
+    decode_overhead: Option<f64>,
+    digest_ok: Option<bool>,
+    error: Option<String>,
+    /// Client's own `--json` summary, as printed.
+    summary: Option<Value>,
+    /// (seconds since start, bytes done) samples from the live progress.
+    #[serde(skip)]
+    samples: Vec<(f64, u64)>,
+}
+
+/// The whole run, as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    ok: bool,
+    failures: Vec<String>,
+    mode: &'static str,
+    clients: usize,
+    file_bytes: u64,
+    file_blake3: String,
+    rate_bits_per_s: Option<u64>,
+    loss_pct: Option<f64>,
+    t_min_seconds: Option<f64>,
+    slowest_seconds: Option<f64>,
+    slowest_to_t_min: Option<f64>,
+    timeout_seconds: f64,
+    still_running_at_timeout: Vec<String>,
+    per_client: Vec<ClientRow>,
+}
+
+/// Where the hosts are and how processes are started on them.
+enum Net {
+    Loopback { base: [u8; 3] },
+    Lab(Lab),
+}
+
+impl Net {
+    fn addr(&self, host: Host) -> Ipv4Addr {
+        match self {
+            Net::Loopback { base: [a, b, c] } => {
+                let last = match host {
+                    Host::Server => 1,
+                    Host::Client(k) => u8::try_from(k + 1).unwrap_or(u8::MAX),
+                };
+                Ipv4Addr::new(*a, *b, *c, last)
+            }
+            Net::Lab(lab) => lab.addr(host),
+        }
+    }
+
+    fn command(&self, host: Host, program: &Path) -> Command {
+        match self {
+            Net::Loopback { .. } => Command::new(program),
+            Net::Lab(lab) => lab.command(host, program),
+        }
+    }
+
+    /// Tries one TCP connection to `addr` from the right network namespace.
+    fn can_connect(&self, addr: SocketAddr) -> bool {
+        let attempt = move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
+        match self {
+            Net::Loopback { .. } => attempt(),
+            Net::Lab(lab) => lab.in_host(Host::Server, attempt).unwrap_or(false),
+        }
+    }
+}
+
+/// A loopback /24 inside 127.0.0.0/8 that depends on the process id.
+fn loopback_base() -> [u8; 3] {
+    let pid = std::process::id();
+    [127, 100 + ((pid >> 8) % 100) as u8, (pid % 256) as u8]
+}
+
+/// A free TCP port and a base with [`UDP_PORT_SPAN`] free UDP ports on `ip`.
+fn free_ports(ip: Ipv4Addr) -> Result<(u16, u16)> {
+    let control = TcpListener::bind((ip, 0))
+        .with_context(|| format!("binding a TCP port on {ip}"))?
+        .local_addr()?
+        .port();
+    let seed = u32::from(control).wrapping_mul(2_654_435_761) ^ std::process::id();
+    for attempt in 0..64u32 {
+        let base = 20_000 + ((seed.wrapping_add(attempt * 7919)) % 30_000) as u16;
+        let free = (0..UDP_PORT_SPAN).all(|i| UdpSocket::bind((ip, base + i)).is_ok());
+        if free && !(base..base + UDP_PORT_SPAN).contains(&control) {
+            return Ok((control, base));
+        }
+    }
+    bail!("no range of {UDP_PORT_SPAN} free UDP ports found on {ip}")
+}
+
+/// Fills `path` with `size` pseudo-random bytes (SplitMix64) and returns their BLAKE3 digest.
+fn make_random_file(path: &Path, size: u64) -> Result<blake3::Hash> {
+    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut state = Instant::now().elapsed().as_nanos() as u64
+        ^ u64::from(std::process::id())
+        ^ 0x9e37_79b9_7f4a_7c15;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        for word in chunk[..n].chunks_mut(8) {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            word.copy_from_slice(&z.to_le_bytes()[..word.len()]);
+        }
+        hasher.update(&chunk[..n]);
+        out.write_all(&chunk[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(hasher.finalize())
+}
+
+fn digest_of(path: &Path) -> Result<blake3::Hash> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(BufReader::with_capacity(1 << 20, file))
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(hasher.finalize())
+}
+
+/// Locates `ccfd-server` and `ccfd-client`.
+fn find_binaries(bin_dir: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    let dir = match bin_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the ccfd-perf executable")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the ccfd-perf executable has no directory")?,
+    };
+    let find = |name: &str| -> Result<PathBuf> {
+        let path = dir.join(name);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            bail!(
+                "{name} not found in {} (ccfd-perf builds nothing): build them with \
+                 `cargo build --release --workspace` (or the same profile as ccfd-perf), \
+                 or point --bin-dir at them",
+                dir.display()
+            )
+        }
+    };
+    Ok((find("ccfd-server")?, find("ccfd-client")?))
+}
+
+/// Which optional flags `ccfd-client get` supports.
+fn client_flags(client: &Path) -> (bool, bool) {
+    let help = Command::new(client)
+        .args(["get", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    (
+        help.contains("--progress-json"),
+        help.contains("--no-progress"),
+    )
+}
+
+/// Runs `ccfd-perf swarm`.
+pub fn run(args: &SwarmArgs) -> Result<()> {
+    let (server_bin, client_bin) = find_binaries(args.bin_dir.as_deref())?;
+    let (progress_json, no_progress) = client_flags(&client_bin);
+    lab::install_signal_teardown().context("installing the SIGINT/SIGTERM handler")?;
+    let clients = usize::from(args.clients);
+    let missing = usize::from(args.missing_name_clients).min(clients);
+
+    // Files: the source (made or given) and one output per client, all in a temp dir.
+    let work = tempfile::Builder::new()
+        .prefix("ccfd-swarm-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let (root, name, file_bytes, digest) = match &args.file {
+        Some(path) => {
+            let meta =
+                std::fs::metadata(path).with_context(|| format!("--file {}", path.display()))?;
+            if !meta.is_file() {
+                bail!("--file {} is not a regular file", path.display());
+            }
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("--file {}", path.display()))?;
+            let root = path
+                .parent()
+                .context("--file has no directory")?
+                .to_path_buf();
+            let name = path
+                .file_name()
+                .context("--file has no file name")?
+                .to_string_lossy()
+                .into_owned();
+            let digest = digest_of(&path)?;
+            (root, name, meta.len(), digest)
+        }
+        None => {
+            let root = work.path().join("root");
+            std::fs::create_dir(&root)?;
+            let name = "swarm.bin".to_owned();
+            let digest = make_random_file(&root.join(&name), args.size)?;
+            (root, name, args.size, digest)
+        }
+    };
+    let out_dir = work.path().join("out");
+    std::fs::create_dir(&out_dir)?;
+
+    // Network: loopback addresses, or the namespace lab.
+    let lab_wanted = args.rate.is_some() || args.loss.is_some();
+    let net = if lab_wanted {
+        let config = LabConfig {
+            rate_bps: args.rate,
+            loss_pct: args.loss.unwrap_or(0.0),
+            subnet: LAB_SUBNET,
+            ..LabConfig::new(LAB_NAME, clients)
+        };
+        Net::Lab(Lab::up(config).context("--rate/--loss need the network-namespace lab")?)
+    } else {
+        Net::Loopback {
+            base: loopback_base(),
+        }
+    };
+    let server_ip = net.addr(Host::Server);
+    let (control_port, udp_base) = match net {
+        Net::Loopback { .. } => free_ports(server_ip)?,
+        Net::Lab(_) => (LAB_CONTROL_PORT, LAB_UDP_BASE),
+    };
+    let server_addr = SocketAddr::from((server_ip, control_port));
+
+    // Server.
+    let t_start = Instant::now();
+    let deadline = t_start + args.timeout;
+    let mut command = net.command(Host::Server, &server_bin);
+    command
+        .arg("--root")
+        .arg(&root)
+        .arg("--listen")
+        .arg(server_addr.to_string())
+        .arg("--udp-base")
+        .arg(udp_base.to_string());
+    if let Some(rate) = args.rate {
+        // The operator's setting for a server whose uplink is `rate`.
+        command.arg("--max-rate").arg(format!("{rate}bit"));
+    }
+    let mut server = Proc::spawn("ccfd-server".into(), command, t_start)?;
+    let ready_by = (t_start + SERVER_READY_TIMEOUT).min(deadline);
+    loop {
+        if let Some(status) = server.poll() {
+            server.collect_stdout();
+            bail!(
+                "ccfd-server exited ({status}) before accepting connections:\n{}",
+                server.log_tail()
+            );
+        }
+        if net.can_connect(server_addr) {
+            break;
+        }
+        if Instant::now() >= ready_by || lab::interrupted() {
+            bail!(
+                "ccfd-server did not accept connections on {server_addr} within {:?}:\n{}",
+                SERVER_READY_TIMEOUT,
+                server.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Clients, all at once.
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    let style = ProgressStyle::with_template(
+        "{prefix:>18} {bar:28} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let t0 = Instant::now();
+    let mut procs = Vec::with_capacity(clients);
+    let mut bars = Vec::with_capacity(clients);
+    for k in 1..=clients {
+        let ip = net.addr(Host::Client(k));
+        let asked = if k <= missing { MISSING_NAME } else { &name };
+        let mut command = net.command(Host::Client(k), &client_bin);
+        command
+            .arg("get")
+            .arg(asked)
+            .arg("--server")
+            .arg(server_addr.to_string())
+            .arg("-o")
+            .arg(out_dir.join(format!("client{k}.out")))
+            .arg("--bind")
+            .arg(ip.to_string())
+            .arg("--json");
+        if progress_json {
+            command.arg("--progress-json");
+        }
+        if no_progress {
+            command.arg("--no-progress");
+        }
+        procs.push(Proc::spawn(format!("client {k} ({ip})"), command, t0)?);
+        let bar = multi.add(ProgressBar::new(file_bytes));
+        bar.set_style(style.clone());
+        bar.set_prefix(format!("client {k} {ip}"));
+        bars.push(bar);
+    }
+
+    // Watch until every client ended, the server died, the deadline passed or a signal came.
+    let mut failures = Vec::new();
+    let mut still_running = Vec::new();
+    loop {
+        for (proc, bar) in procs.iter_mut().zip(&bars) {
+            let ended = proc.poll();
+            if let Ok(live) = proc.live.lock() {
+                bar.set_position(live.bytes);
+                if let Some(total) = live.total {
+                    bar.set_length(total);
+                }
+                if live.from_peers > 0 {
+                    bar.set_message(format!(
+                        "server {} peers {}",
+                        indicatif::BinaryBytes(live.from_server),
+                        indicatif::BinaryBytes(live.from_peers)
+                    ));
+                }
+            }
+            if let Some(status) = ended {
+                if !bar.is_finished() {
+                    if status.success() {
+                        bar.set_position(file_bytes);
+                        bar.finish_with_message("done");
+                    } else {
+                        bar.abandon_with_message(format!("FAILED ({status})"));
+                    }
+                }
+            }
+        }
+        if procs.iter().all(|p| p.ended.is_some()) {
+            break;
+        }
+        if let Some(status) = server.poll() {
+            failures.push(format!(
+                "ccfd-server exited ({status}) while clients were running:\n{}",
+                server.log_tail()
+            ));
+            break;
+        }
+        if lab::interrupted() {
+            failures.push("interrupted by a signal".into());
+            break;
+        }
+        if Instant::now() >= deadline {
+            for proc in &procs {
+                if proc.ended.is_none() {
+                    let live = proc.live.lock().map(|l| l.bytes).unwrap_or(0);
+                    still_running
+                        .push(format!("{} ({} of {} bytes)", proc.label, live, file_bytes));
+                }
+            }
+            failures.push(format!(
+                "timed out after {:?}; still running: {}",
+                args.timeout,
+                still_running.join(", ")
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for proc in &mut procs {
+        proc.stop();
+    }
+    server.stop();
+    let _ = multi.clear();
+
+    // Results: exit status, the client's JSON summary, and the digest of its output.
+    let mut rows = Vec::with_capacity(clients);
+    for (index, proc) in procs.iter_mut().enumerate() {
+        let k = index + 1;
+        let stdout = proc.collect_stdout();
+        let summary = stdout
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+            .or_else(|| serde_json::from_str::<Value>(stdout.trim()).ok());
+        let (ended_at, status) = proc
+            .ended
+            .map_or((None, None), |(at, s)| (Some(at), Some(s)));
+        let exited_ok = status.is_some_and(|s| s.success());
+        let output = out_dir.join(format!("client{k}.out"));
+        let digest_ok = if exited_ok {
+            Some(digest_of(&output).map(|d| d == digest).unwrap_or(false))
+        } else {
+            None
+        };
+        let seconds = ended_at
+            .filter(|_| exited_ok)
+            .map(|at| at.duration_since(t0).as_secs_f64());
+        let number = |key: &str| {
+            summary
+                .as_ref()
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_u64)
+        };
+        let dropped = summary
+            .as_ref()
+            .and_then(|s| s.get("dropped"))
+            .map(|d| match d {
+                Value::Object(map) => map.values().filter_map(Value::as_u64).sum(),
+                other => other.as_u64().unwrap_or(0),
+            });
+        let error = if !exited_ok {
+            Some(format!(
+                "{} {}: {}",
+                proc.label,
+                status.map_or("was stopped".to_owned(), |s| format!("exited with {s}")),
+                proc.log_tail()
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("(no output)")
+            ))
+        } else if digest_ok == Some(false) {
+            Some(format!(
+                "{}: output digest does not match the source",
+                proc.label
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = &error {
+            failures.push(error.clone());
+        }
+        let samples = proc
+            .live
+            .lock()
+            .map(|l| l.samples.clone())
+            .unwrap_or_default();
+        rows.push(ClientRow {
+            client: k,
+            address: net.addr(Host::Client(k)).to_string(),
+            ok: error.is_none(),
+            exit: status.map_or("still running (stopped)".into(), |s| s.to_string()),
+            seconds,
+            goodput_mbit_per_s: seconds.map(|s| file_bytes as f64 * 8.0 / s / 1e6),
+            bytes_from_server: number("bytes_from_server"),
+            bytes_from_peers: number("bytes_from_peers"),
+            packets_received: number("packets_received"),
+            packets_dropped: dropped,
+            decode_overhead: summary
+                .as_ref()
+                .and_then(|s| s.get("decode_overhead"))
+                .and_then(Value::as_f64),
+            digest_ok,
+            error,
+            summary,
+            samples,
+        });
+    }
+    server.collect_stdout();
+
+    let t_min = args
+        .rate
+        .map(|rate| t_min_seconds(file_bytes, clients, rate));
+    let slowest = if rows.iter().all(|r| r.seconds.is_some()) {
+        rows.iter().filter_map(|r| r.seconds).reduce(f64::max)
+    } else {
+        None
+    };
+    let report = Report {
+        ok: failures.is_empty(),
+        failures: failures.clone(),
+        mode: if lab_wanted {
+            "namespace-lab"
+        } else {
+            "loopback"
+        },
+        clients,
+        file_bytes,
+        file_blake3: digest.to_hex().to_string(),
+        rate_bits_per_s: args.rate,
+        loss_pct: args.loss,
+        t_min_seconds: t_min,
+        slowest_seconds: slowest,
+        slowest_to_t_min: slowest.zip(t_min).map(|(s, t)| s / t),
+        timeout_seconds: args.timeout.as_secs_f64(),
+        still_running_at_timeout: still_running,
+        per_client: rows,
+    };
+
+    if let Some(path) = &args.plot {
+        plot::draw(
+            path,
+            &report.per_client,
+            file_bytes,
+            t_min,
+            &plot_title(&report),
+        )
+        .with_context(|| format!("drawing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    drop(net); // tears the lab down (if any)
+    drop(work); // removes the random file and the outputs
+    if !failures.is_empty() {
+        bail!("swarm run failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+fn plot_title(report: &Report) -> String {
+    let mut title = format!(
+        "ccfd swarm: {} clients, {:.1} MiB",
+        report.clients,
+        report.file_bytes as f64 / f64::from(1u32 << 20)
+    );
+    if let Some(rate) = report.rate_bits_per_s {
+        title.push_str(&format!(", {:.0} Mbit/s per host", rate as f64 / 1e6));
+    }
+    if let Some(loss) = report.loss_pct {
+        title.push_str(&format!(", {loss}% loss"));
+    }
+    title
+}
+
+fn print_table(report: &Report) {
+    let mib = |b: Option<u64>| {
+        b.map_or("-".to_owned(), |b| {
+            format!("{:.1}", b as f64 / f64::from(1u32 << 20))
+        })
+    };
+    let net = match (report.rate_bits_per_s, report.loss_pct) {
+        (None, None) => "loopback".to_owned(),
+        (rate, loss) => format!(
+            "namespace lab, {} per host up and down, {}% loss",
+            rate.map_or("no rate limit".to_owned(), |r| format!(
+                "{:.0} Mbit/s",
+                r as f64 / 1e6
+            )),
+            loss.unwrap_or(0.0)
+        ),
+    };
+    println!(
+        "ccfd swarm: {} clients, {:.1} MiB file (blake3 {}...), {net}",
+        report.clients,
+        report.file_bytes as f64 / f64::from(1u32 << 20),
+        &report.file_blake3[..16]
+    );
+    let with_ratio = report.t_min_seconds.is_some();
+    print!(
+        "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>9} {:>9} {:>8} {:>6}",
+        "client",
+        "address",
+        "time s",
+        "goodput Mb/s",
+        "server MiB",
+        "peers MiB",
+        "dropped",
+        "overhead",
+        "digest",
+        ""
+    );
+    if with_ratio {
+        print!(" {:>8}", "/T_min");
+    }
+    println!();
+    for row in &report.per_client {
+        print!(
+            "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>9} {:>9} {:>8} {:>6}",
+            row.client,
+            row.address,
+            row.seconds.map_or("-".into(), |s| format!("{s:.2}")),
+            row.goodput_mbit_per_s
+                .map_or("-".into(), |g| format!("{g:.1}")),
+            mib(row.bytes_from_server),
+            mib(row.bytes_from_peers),
+            row.packets_dropped.map_or("-".into(), |d| d.to_string()),
+            row.decode_overhead
+                .map_or("-".into(), |o| format!("{:.2}%", o * 100.0)),
+            match row.digest_ok {
+                Some(true) => "ok",
+                Some(false) => "MISMATCH",
+                None => "-",
+            },
+            if row.ok { "" } else { "FAILED" },
+        );
+        if let Some(t_min) = report.t_min_seconds {
+            print!(
+                " {:>8}",
+                row.seconds
+                    .map_or("-".into(), |s| format!("{:.3}", s / t_min))
+            );
+        }
+        println!();
+    }
+    if let Some(t_min) = report.t_min_seconds {
+        println!(
+            "T_min = max(F/u_s, F/d_min, N*F/(u_s + sum u_i)) = {t_min:.2} s; slowest client {}",
+            report
+                .slowest_seconds
+                .map_or("did not finish".into(), |s| format!(
+                    "{s:.2} s = {:.3} x T_min",
+                    s / t_min
+                ))
+        );
+    } else if report.loss_pct.is_some() {
+        println!("T_min: not defined without --rate (no rate limit)");
+    }
+    if !report.ok {
+        println!("FAILED: {}", report.failures.join("; "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert!(parse_size("8 furlongs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn t_min_matches_the_issue_figure() {
+        // 256 MiB, every host at 200 Mbit/s: F/u_s = 10.74 s dominates for any N.
+        let t = t_min_seconds(256 << 20, 4, 200_000_000);
+        assert!((t - 10.737).abs() < 0.01, "{t}");
+        assert!((t_min_seconds(256 << 20, 8, 200_000_000) - t).abs() < 1e-9);
+    }
+
+    #[test]
+    fn loss_parses_as_percent() {
+        assert_eq!(parse_loss("2").unwrap(), 2.0);
+        assert_eq!(parse_loss("0.5%").unwrap(), 0.5);
+        assert!(parse_loss("101").is_err());
+        assert!(parse_loss("lots").is_err());
+    }
+}
