@@ -1,0 +1,138 @@
+//! Encoder and recoder throughput.
+//!
+//! * `encode/<field>/<size>/stream`: 64 consecutive packets of one stream per iteration (each
+//!   packet jumps to its scheduled subgeneration).
+//! * `encode/<field>/<size>/fanout16`: 4 rounds of one packet for each of 16 receivers sharing a
+//!   schedule key, so each subgeneration window is read once per round (L2 locality).
+//! * `encode_setup/<field>/<size>`: `Encoder::new` (check symbols), throughput = segment bytes.
+//! * `recode/<field>/<size>`: 64 recoded packets per iteration from a recoder holding `K` coded
+//!   packets of the segment (10 % of the stream lost before it).
+//!
+//! Throughput counts symbol bytes out (`symbol_size` per packet), as the reference's "MB/s out".
+//! Run: `cargo bench -p snc --bench codec -- --warm-up-time 1 --measurement-time 3`.
+
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use snc::encoder::{Encoder, Stream};
+use snc::packet;
+use snc::prng::Prng;
+use snc::recoder::Recoder;
+use snc::{CodeParams, Field, Layout};
+use std::hint::black_box;
+
+const SIZES: [(usize, &str); 2] = [(4 << 20, "4MiB"), (32 << 20, "32MiB")];
+const FIELDS: [(Field, &str); 2] = [(Field::Gf2, "gf2"), (Field::Gf256, "gf256")];
+const BATCH: usize = 64;
+
+fn segment(len: usize) -> Vec<u8> {
+    let mut p = Prng::new(0xC0DEC);
+    let mut v = vec![0u8; len];
+    p.fill_bytes(&mut v);
+    v
+}
+
+fn layout(len: usize, field: Field) -> Layout {
+    CodeParams::new(len as u64)
+        .field(field)
+        .validate()
+        .expect("valid parameters")
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    for (len, name) in SIZES {
+        let data = segment(len);
+        for (field, fname) in FIELDS {
+            let l = layout(len, field);
+            let enc = Encoder::new(&l, &data).expect("encoder");
+            let slot = packet::max_len(&l);
+            let mut out = vec![0u8; slot * BATCH];
+            g.throughput(Throughput::Bytes((BATCH * l.symbol_size()) as u64));
+            let mut stream = Stream::new(1);
+            g.bench_function(BenchmarkId::new(format!("{fname}/{name}"), "stream"), |b| {
+                b.iter(|| {
+                    for i in 0..BATCH {
+                        enc.write_next(&mut stream, &mut out[i * slot..(i + 1) * slot])
+                            .expect("write");
+                    }
+                    black_box(&out);
+                })
+            });
+            let mut streams: Vec<Stream> = (0..16).map(|k| Stream::with_schedule(k, 77)).collect();
+            g.bench_function(
+                BenchmarkId::new(format!("{fname}/{name}"), "fanout16"),
+                |b| {
+                    b.iter(|| {
+                        for r in 0..BATCH / 16 {
+                            let at = r * 16 * slot;
+                            enc.write_fanout(&mut streams, &mut out[at..at + 16 * slot], slot)
+                                .expect("fanout");
+                        }
+                        black_box(&out);
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+fn encode_setup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode_setup");
+    g.sample_size(10);
+    for (len, name) in SIZES {
+        let data = segment(len);
+        for (field, fname) in FIELDS {
+            let l = layout(len, field);
+            g.throughput(Throughput::Bytes(len as u64));
+            g.bench_function(BenchmarkId::new(fname, name), |b| {
+                b.iter(|| black_box(Encoder::new(&l, &data).expect("encoder")))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn recode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("recode");
+    for (len, name) in SIZES {
+        let data = segment(len);
+        for (field, fname) in FIELDS {
+            let l = layout(len, field);
+            let enc = Encoder::new(&l, &data).expect("encoder");
+            let slot = packet::max_len(&l);
+            let mut buf = vec![0u8; slot];
+            let mut rec = Recoder::new(&l, 2 * len);
+            let mut stream = Stream::new(3);
+            let mut loss = Prng::new(5);
+            let mut held = 0;
+            while held < l.source_count() {
+                let n = enc.write_next(&mut stream, &mut buf).expect("write");
+                if loss.below(10) == 0 {
+                    continue;
+                }
+                let v = packet::parse(&l, &buf[..n]).expect("parse");
+                rec.push(&v).expect("push");
+                held += 1;
+            }
+            let mut out = vec![0u8; slot * BATCH];
+            let mut rng = Prng::new(9);
+            g.throughput(Throughput::Bytes((BATCH * l.symbol_size()) as u64));
+            g.bench_function(BenchmarkId::new(fname, name), |b| {
+                b.iter(|| {
+                    for i in 0..BATCH {
+                        rec.recode(&mut rng, &mut out[i * slot..(i + 1) * slot])
+                            .expect("recode");
+                    }
+                    black_box(&out);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, encode_setup, recode);
+criterion_main!(benches);
