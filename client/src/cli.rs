@@ -63,6 +63,10 @@ pub struct GetArgs {
     /// Do not draw the progress bar (it is drawn only on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Print one JSON progress line per second on stderr (for programs watching the download, e.g.
+    /// `ccfd-perf swarm`): {"event":"progress","seconds","bytes","file_size","bytes_from_server",...}.
+    #[arg(long)]
+    pub progress_json: bool,
     /// Pin the decoder thread to this core (default: the last core).
     #[arg(long, value_name = "CORE")]
     pub decoder_core: Option<usize>,

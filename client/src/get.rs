@@ -35,6 +35,8 @@ pub struct GetOptions {
     pub retry_for: Duration,
     /// Whether to draw the progress bar (on a terminal).
     pub progress: bool,
+    /// Whether to print one JSON progress line per second on stderr (`--progress-json`).
+    pub progress_json: bool,
     /// Core to pin the decoder thread to (default: the last core).
     pub decoder_core: Option<usize>,
     /// Capacity of the cooperation queue, in packets.
@@ -51,6 +53,7 @@ impl GetOptions {
             bind: None,
             retry_for: Duration::from_secs(60),
             progress: true,
+            progress_json: false,
             decoder_core: None,
             coop_capacity: crate::coop::DEFAULT_CAPACITY,
         }
@@ -129,11 +132,11 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     };
     tracing::info!(%receive_addr, backend = ?ring.backend(), resumed = completed.len(), "data socket ready");
 
-    let progress = Arc::new(Progress::new(
-        options.progress,
-        meta.size,
-        meta.segment_count,
-    ));
+    let mut progress = Progress::new(options.progress, meta.size, meta.segment_count);
+    if options.progress_json {
+        progress = progress.with_json_lines(meta.size);
+    }
+    let progress = Arc::new(progress);
     let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
     let plan = Plan {
         completed,

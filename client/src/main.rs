@@ -39,6 +39,7 @@ fn run_get(args: GetArgs) -> anyhow::Result<()> {
     options.bind = args.server.bind;
     options.retry_for = args.server.retry_for;
     options.progress = !args.no_progress;
+    options.progress_json = args.progress_json;
     options.decoder_core = args.decoder_core;
     let summary = get(&options)?;
     if args.json {

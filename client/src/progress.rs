@@ -2,9 +2,16 @@
 //!
 //! Drawn on stderr only when stderr is a terminal and `--no-progress` was not given; otherwise every call
 //! is a no-op. It is refreshed from the counters by the control thread, never by the decoder thread.
+//!
+//! With `--progress-json` ([`Progress::with_json_lines`]) it also prints one JSON object per second on
+//! stderr for programs that watch the download (`ccfd-perf swarm`), and a last one when it finishes:
+//! `{"event":"progress","seconds":..,"bytes":..,"file_size":..,"segments_done":..,"segments":..,
+//! "bytes_from_server":..,"bytes_from_peers":..,"packets_received":..}`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -15,7 +22,20 @@ use crate::stats::Counters;
 pub struct Progress {
     bar: ProgressBar,
     segments: u32,
+    json: Option<JsonLines>,
 }
+
+/// State of the `--progress-json` lines.
+#[derive(Debug)]
+struct JsonLines {
+    started: Instant,
+    file_size: u64,
+    /// When the last line was printed, and the last figures (printed again by `finish`).
+    last: Mutex<(Option<Instant>, Option<String>)>,
+}
+
+/// Interval between two `--progress-json` lines.
+const JSON_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Progress {
     /// A bar for a file of `file_size` bytes in `segments` segments; `enabled` is `!--no-progress`, and the
@@ -35,7 +55,13 @@ impl Progress {
         } else {
             ProgressBar::hidden()
         };
-        Progress { bar, segments }
+        Progress { bar, segments, json: None }
+    }
+
+    /// Also prints a JSON progress line on stderr every second (`--progress-json`).
+    pub fn with_json_lines(mut self, file_size: u64) -> Self {
+        self.json = Some(JsonLines { started: Instant::now(), file_size, last: Mutex::new((None, None)) });
+        self
     }
 
     /// Redraws from the counters; `in_flight_bytes` is the estimate for the segment being decoded.
@@ -46,6 +72,30 @@ impl Progress {
             + counters.segments_resumed.load(Ordering::Relaxed);
         self.bar.set_position(done + in_flight_bytes);
         let peers = counters.bytes_from_peers.load(Ordering::Relaxed);
+        if let Some(json) = &self.json {
+            let line = serde_json::json!({
+                "event": "progress",
+                "seconds": json.started.elapsed().as_secs_f64(),
+                "bytes": (done + in_flight_bytes).min(json.file_size),
+                "file_size": json.file_size,
+                "segments_done": segments_done,
+                "segments": self.segments,
+                "bytes_from_server": counters.bytes_from_server.load(Ordering::Relaxed),
+                "bytes_from_peers": peers,
+                "packets_received": counters.packets_received.load(Ordering::Relaxed),
+            })
+            .to_string();
+            if let Ok(mut last) = json.last.lock() {
+                let due = last.0.is_none_or(|at| at.elapsed() >= JSON_INTERVAL);
+                if due {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                    last.0 = Some(Instant::now());
+                    last.1 = None;
+                } else {
+                    last.1 = Some(line);
+                }
+            }
+        }
         self.bar.set_message(format!(
             "segments {segments_done}/{} peers {}",
             self.segments,
@@ -55,6 +105,13 @@ impl Progress {
 
     /// Removes the bar from the terminal.
     pub fn finish(&self) {
+        if let Some(json) = &self.json {
+            if let Ok(mut last) = json.last.lock() {
+                if let Some(line) = last.1.take() {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
+            }
+        }
         self.bar.finish_and_clear();
     }
 }
