@@ -191,12 +191,9 @@ impl State {
     /// Sends in order: behind anything already parked for that shard.
     fn dispatch(&mut self, shard: usize, msg: ShardMsg) {
         if self.overflow[shard].is_empty() {
-            match self.shards[shard].send(msg) {
-                Ok(()) => return,
-                Err(msg) => {
-                    self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                    self.overflow[shard].push_back(msg);
-                }
+            if let Err(msg) = self.shards[shard].send(msg) {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                self.overflow[shard].push_back(msg);
             }
         } else {
             self.overflow[shard].push_back(msg);
