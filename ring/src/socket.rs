@@ -173,6 +173,13 @@ impl BoundSocket {
     }
 }
 
+impl std::os::fd::AsRawFd for BoundSocket {
+    /// The descriptor, e.g. to set further socket options before registering.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 /// Asks for `want` bytes of receive buffer; returns what the kernel reports.
 fn set_recv_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> usize {
     let want_int = i32::try_from(want).unwrap_or(i32::MAX);

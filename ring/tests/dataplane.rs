@@ -253,6 +253,60 @@ fn transmit_copies_and_splits_by_segment_size() {
     }
 }
 
+/// `SO_NO_CHECK` makes the kernel refuse GSO sends with EINVAL (checksum offload is needed to
+/// segment): the ring must switch GSO off for that socket and resend datagram by datagram.
+#[test]
+fn gso_rejection_switches_gso_off_and_resends() {
+    for (k, backend) in BACKENDS.into_iter().enumerate() {
+        let (Some(mut tx), Some(mut rx)) = (ring(backend), ring(backend)) else {
+            continue;
+        };
+        let net = 28 + k as u8;
+        let bound = SocketConfig::new(addr(net, 1)).bind().unwrap();
+        assert!(bound.gso(), "GSO probe failed on this kernel");
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, pointer to a live int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&bound),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let src = tx.register(bound).unwrap();
+        let dst = rx.bind(&SocketConfig::new(addr(net, 2))).unwrap();
+        let dst_addr = rx.local_addr(dst).unwrap();
+        let mut seq = 0;
+        for _ in 0..3 {
+            let mut buf = tx.send_buffer(src, dst_addr, 900).unwrap();
+            for _ in 0..30 {
+                buf.push_with(|b| {
+                    fill(b, seq);
+                    b.len()
+                })
+                .unwrap();
+                seq += 1;
+            }
+            buf.queue();
+        }
+        let got = receive(&mut rx, Some(&mut tx), seq as usize);
+        assert_eq!(
+            got.len(),
+            seq as usize,
+            "{backend:?}: resent datagrams lost"
+        );
+        tx.process(usize::MAX, |_| {}).unwrap();
+        let c = tx.counters();
+        assert_eq!(c.gso_fallbacks, 1, "{backend:?}: {c:?}");
+        assert!(!tx.gso_enabled(src).unwrap());
+        assert_eq!(c.sent_datagrams, 90, "{backend:?}: {c:?}");
+        assert_eq!(c.send_error_datagrams, 0, "{backend:?}: {c:?}");
+    }
+}
+
 #[test]
 fn errors_do_not_stop_the_ring() {
     for (k, backend) in BACKENDS.into_iter().enumerate() {
