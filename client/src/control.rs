@@ -316,7 +316,14 @@ impl StatsSampler {
                 .unwrap_or(0);
             self.current.receive_rate_bps = rate as u64;
             self.current.loss_ppm = loss_ppm as u32;
-            tracing::trace!(session, rate_bps = rate as u64, loss_ppm, packets, seq_span = span, "receive sample");
+            tracing::trace!(
+                session,
+                rate_bps = rate as u64,
+                loss_ppm,
+                packets,
+                seq_span = span,
+                "receive sample"
+            );
             self.at = Some(now);
             self.bytes = bytes;
             self.packets = packets;

@@ -55,12 +55,20 @@ impl Progress {
         } else {
             ProgressBar::hidden()
         };
-        Progress { bar, segments, json: None }
+        Progress {
+            bar,
+            segments,
+            json: None,
+        }
     }
 
     /// Also prints a JSON progress line on stderr every second (`--progress-json`).
     pub fn with_json_lines(mut self, file_size: u64) -> Self {
-        self.json = Some(JsonLines { started: Instant::now(), file_size, last: Mutex::new((None, None)) });
+        self.json = Some(JsonLines {
+            started: Instant::now(),
+            file_size,
+            last: Mutex::new((None, None)),
+        });
         self
     }
 
