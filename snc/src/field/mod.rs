@@ -42,14 +42,11 @@ mod template;
 mod avx2;
 // AVX-512 and GFNI intrinsics are stable since Rust 1.89; the workspace still declares 1.85.
 #[cfg(target_arch = "x86_64")]
-#[clippy::msrv = "1.89"]
 mod avx512;
 pub mod gf256;
 #[cfg(target_arch = "x86_64")]
-#[clippy::msrv = "1.89"]
 mod gfni;
 #[cfg(target_arch = "x86_64")]
-#[clippy::msrv = "1.89"]
 mod gfni_avx512;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
