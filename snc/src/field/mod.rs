@@ -40,7 +40,6 @@ mod template;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-// AVX-512 and GFNI intrinsics are stable since Rust 1.89; the workspace still declares 1.85.
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod gf256;
