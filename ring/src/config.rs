@@ -36,12 +36,19 @@ impl BackendChoice {
         }
         match std::env::var(BACKEND_ENV) {
             Err(_) => Ok(BackendChoice::Auto),
-            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "" | "auto" => Ok(BackendChoice::Auto),
-                "uring" | "io_uring" | "io-uring" => Ok(BackendChoice::Uring),
-                "syscall" | "fallback" => Ok(BackendChoice::Syscall),
-                _ => Err(RingError::BadBackendEnv { value: v }),
-            },
+            Ok(v) => Self::parse_env(&v),
+        }
+    }
+
+    /// Parses a [`BACKEND_ENV`] value.
+    pub fn parse_env(value: &str) -> Result<BackendChoice, RingError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(BackendChoice::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(BackendChoice::Uring),
+            "syscall" | "fallback" => Ok(BackendChoice::Syscall),
+            _ => Err(RingError::BadBackendEnv {
+                value: value.to_string(),
+            }),
         }
     }
 }
@@ -118,5 +125,46 @@ impl RingConfig {
             return Err(RingError::Config("sq_entries must be in 8..=32768"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_env_values() {
+        assert_eq!(
+            BackendChoice::parse_env("syscall").unwrap(),
+            BackendChoice::Syscall
+        );
+        assert_eq!(
+            BackendChoice::parse_env(" URING ").unwrap(),
+            BackendChoice::Uring
+        );
+        assert_eq!(BackendChoice::parse_env("").unwrap(), BackendChoice::Auto);
+        assert!(matches!(
+            BackendChoice::parse_env("epoll"),
+            Err(RingError::BadBackendEnv { .. })
+        ));
+        // An explicit choice is not overridden.
+        assert_eq!(
+            BackendChoice::Syscall.resolve().unwrap(),
+            BackendChoice::Syscall
+        );
+    }
+
+    #[test]
+    fn config_limits() {
+        assert!(RingConfig::default().validate().is_ok());
+        assert!(RingConfig::default()
+            .recv_buffers(100, 68 * 1024)
+            .validate()
+            .is_err());
+        assert!(RingConfig::default()
+            .recv_buffers(64, 100)
+            .validate()
+            .is_err());
+        assert!(RingConfig::default().send_buffers(0).validate().is_err());
     }
 }

@@ -54,7 +54,9 @@ pub struct Counters {
     pub recv_buffer_exhausted: u64,
     /// Multishot receives re-armed after the kernel ended them.
     pub recv_rearms: u64,
-    /// Datagrams the kernel dropped at our sockets' full receive queues (`SO_RXQ_OVFL`).
+    /// Packets the kernel dropped at our sockets' full receive queues (`SO_RXQ_OVFL`; with GRO
+    /// one dropped packet may be a whole super-buffer of up to 64 datagrams). Updated when a
+    /// later datagram arrives on the same socket.
     pub kernel_queue_drops: u64,
     /// Wake-ups delivered through the [`Waker`](crate::Waker).
     pub wakeups: u64,
