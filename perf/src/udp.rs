@@ -12,7 +12,10 @@
 //! One JSON line per mode: goodput (Gbit/s) and Mpps at the receiver (received payload over the
 //! receiver's active window), loss (1 − received/sent), CPU ns per datagram of each thread
 //! (`CLOCK_THREAD_CPUTIME_ID`), and `foreign_cpus` (CPUs used by everything else during the run,
-//! from /proc/stat minus our two threads: above ~0.3 the figures are contended). Then a final
+//! from /proc/stat minus our two threads: above ~0.3 the figures are contended), the receive
+//! messages per datagram (GRO coalescing) and, for ring modes, the socket-queue drops the
+//! kernel reported (`SO_RXQ_OVFL`, in packets: a GRO super-buffer counts once) and how often the
+//! multishot receive had to be re-armed. Then a final
 //! line with `uring_over_plain` (goodput ratio) and whether the targets were met.
 
 use std::net::SocketAddr;
@@ -111,6 +114,7 @@ struct Report {
     rx_msgs_per_dgram: f64,
     send_errors: u64,
     kernel_queue_drops: u64,
+    rx_rearms: u64,
     foreign_cpus: f64,
 }
 
@@ -128,6 +132,7 @@ struct RecvStats {
     bytes: u64,
     msgs: u64,
     queue_drops: u64,
+    rearms: u64,
     cpu: Duration,
     window: Duration,
 }
@@ -258,6 +263,7 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
         },
         send_errors: tx.errors,
         kernel_queue_drops: rx.queue_drops,
+        rx_rearms: rx.rearms,
         foreign_cpus: (foreign * 100.0).round() / 100.0,
     })
 }
@@ -344,6 +350,7 @@ fn receive_plain(
         bytes,
         msgs: received,
         queue_drops: 0,
+        rearms: 0,
         cpu: thread_cpu_time() - cpu0,
         window: first.map_or(Duration::ZERO, |f| last - f),
     })
@@ -466,6 +473,7 @@ fn receive_ring(
         bytes,
         msgs: c.recv_ops,
         queue_drops: c.kernel_queue_drops,
+        rearms: c.recv_rearms,
         cpu: thread_cpu_time() - cpu0,
         window: first.map_or(Duration::ZERO, |f| last - f),
     })

@@ -175,9 +175,16 @@ impl SyscallBackend {
         timeout: Option<Duration>,
     ) -> Result<(), RingError> {
         self.flush(core);
-        if self.woken || !self.ready.is_empty() {
+        if self.woken {
             return Ok(());
         }
+        // With sockets still readable, only refresh readiness (so a wake-up is never starved by
+        // a socket that stays busy).
+        let timeout = if self.ready.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         self.poll(core, timeout)
     }
 
