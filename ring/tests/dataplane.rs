@@ -547,3 +547,39 @@ fn wait_with_timeout_returns() {
         );
     }
 }
+
+#[test]
+fn ipv6_loopback_works_too() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIP: no IPv6 loopback here");
+        return;
+    }
+    for backend in BACKENDS {
+        let (Some(mut tx), Some(mut rx)) = (ring(backend), ring(backend)) else {
+            continue;
+        };
+        let any6: SocketAddr = "[::1]:0".parse().unwrap();
+        let src = tx.bind(&SocketConfig::new(any6)).unwrap();
+        let dst = rx.bind(&SocketConfig::new(any6)).unwrap();
+        let dst_addr = rx.local_addr(dst).unwrap();
+        let mut buf = tx.send_buffer(src, dst_addr, 1000).unwrap();
+        for seq in 0..20 {
+            buf.push_with(|b| {
+                fill(b, seq);
+                b.len()
+            })
+            .unwrap();
+        }
+        buf.queue();
+        let got = receive(&mut rx, Some(&mut tx), 20);
+        assert_eq!(got.len(), 20, "{backend:?}");
+        assert!(got
+            .values()
+            .all(|(_, from, _)| *from == tx.local_addr(src).unwrap()));
+        let v4: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(matches!(
+            tx.send_buffer(src, v4, 100),
+            Err(SendError::AddressFamily)
+        ));
+    }
+}
