@@ -8,15 +8,19 @@
 //! - [`data`]: the UDP data-packet header and its MAC ([`DataPacket::seal`], [`DataPacket::open`]).
 //! - [`session_table`]: the server's sessions, receivers, rates and cooperation lists ([`SessionTable`]).
 //! - [`download`]: the client's download of one file ([`Download`]).
+//! - [`coop`]: one client's cooperation bookkeeping for a file: peer links, asks, streams served
+//!   ([`Coop`]).
 //! - [`wire`]: the codec errors ([`WireError`]).
 #![forbid(unsafe_code)]
 
+pub mod coop;
 pub mod data;
 pub mod download;
 pub mod frame;
 pub mod session_table;
 pub mod wire;
 
+pub use coop::{Coop, CoopAction, CoopConfig, LinkId, ServeSource};
 pub use data::{
     DataError, DataHeader, DataPacket, Origin, DATA_HEADER_LEN, DATA_OVERHEAD, MAC_LEN,
 };

@@ -851,11 +851,12 @@ fn half_open_connection_is_detected_by_silence() {
 fn forged_and_garbage_datagrams_are_dropped_and_counted() {
     let mut sim = Sim::new(5, table_config(), file_meta(3 * 100_000, 3));
     let a = sim.add_node(&[], 2);
-    let mut steps = 0u64;
+    let mut forge_in = 10;
     while !sim.all_finished() && sim.t() < Duration::from_secs(60) {
         sim.step(Duration::from_millis(2));
-        steps += 1;
-        if steps % 10 == 0 {
+        forge_in -= 1;
+        if forge_in == 0 {
+            forge_in = 10;
             sim.forge(a, 3);
         }
     }
