@@ -9,6 +9,9 @@
 //! * `syscall`: `ccfd-ring` syscall backend, sendmsg+GSO → recvmmsg+GRO;
 //! * `uring-nogso`, `syscall-nogso`: the same backends with GSO and GRO off.
 //!
+//! `--rate-gbps R` paces every sender to R Gbit/s of payload (to show the loss at a given rate
+//! rather than at the blast rate, where the receiver's queue overflows whenever it is descheduled).
+//!
 //! One JSON line per mode: goodput (Gbit/s) and Mpps at the receiver (received payload over the
 //! receiver's active window), loss (1 − received/sent), CPU ns per datagram of each thread
 //! (`CLOCK_THREAD_CPUTIME_ID`), and `foreign_cpus` (CPUs used by everything else during the run,
@@ -58,6 +61,9 @@ pub struct UdpArgs {
     /// Upper bound on datagrams sent per mode.
     #[arg(long, default_value_t = 200_000_000)]
     max_datagrams: u64,
+    /// Pace the sender to this payload rate in Gbit/s (0: as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate_gbps: f64,
     /// Receive buffer asked for on the receiving socket, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     rcvbuf: usize,
@@ -102,6 +108,7 @@ fn parse_mode(name: &str) -> anyhow::Result<Mode> {
 struct Report {
     mode: String,
     payload: usize,
+    rate_gbps_cap: f64,
     secs: f64,
     sent: u64,
     received: u64,
@@ -186,6 +193,9 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
     let dst = args.dst;
     let src = args.src;
     let max = args.max_datagrams;
+    let pacer = Pacer {
+        bytes_per_sec: args.rate_gbps * 1e9 / 8.0,
+    };
     let (rc, sc) = (args.receiver_core, args.sender_core);
 
     let jiffies_before = cpu_jiffies();
@@ -207,9 +217,9 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
     let sender = std::thread::spawn(move || -> anyhow::Result<SendStats> {
         pin(sc);
         let stats = match mode {
-            Mode::Plain => send_plain(src, to, payload, duration, max),
+            Mode::Plain => send_plain(src, to, payload, duration, max, pacer),
             Mode::Ring { backend, offload } => {
-                send_ring(src, to, payload, duration, max, backend, offload)
+                send_ring(src, to, payload, duration, max, pacer, backend, offload)
             }
         };
         let sent = stats.as_ref().map(|s| s.sent).unwrap_or(0);
@@ -243,6 +253,7 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
     Ok(Report {
         mode: name.to_string(),
         payload,
+        rate_gbps_cap: args.rate_gbps,
         secs: args.secs,
         sent: tx.sent,
         received: rx.received,
@@ -278,12 +289,38 @@ fn finished(shared: &Shared, received: u64, last_rx: Instant, started: Instant) 
             || last_rx.elapsed() > Duration::from_millis(300))
 }
 
+/// Optional sender pacing (a payload-rate budget since the start).
+#[derive(Debug, Clone, Copy)]
+struct Pacer {
+    /// 0: unpaced.
+    bytes_per_sec: f64,
+}
+
+impl Pacer {
+    /// How long to hold off when `bytes` is ahead of the budget after `elapsed`.
+    fn ahead(&self, bytes: u64, elapsed: Duration) -> Option<Duration> {
+        if self.bytes_per_sec <= 0.0 {
+            return None;
+        }
+        let excess = bytes as f64 - self.bytes_per_sec * elapsed.as_secs_f64();
+        (excess > 0.0).then(|| Duration::from_secs_f64(excess / self.bytes_per_sec))
+    }
+
+    /// Sleeps (at most 1 ms) while ahead of the budget.
+    fn hold(&self, bytes: u64, start: Instant) {
+        if let Some(d) = self.ahead(bytes, start.elapsed()) {
+            std::thread::sleep(d.min(Duration::from_millis(1)));
+        }
+    }
+}
+
 fn send_plain(
     src: SocketAddr,
     to: SocketAddr,
     payload: usize,
     duration: Duration,
     max: u64,
+    pacer: Pacer,
 ) -> anyhow::Result<SendStats> {
     let sock = SocketConfig::new(src)
         .gro(false)
@@ -296,6 +333,7 @@ fn send_plain(
     let (cpu0, start) = (thread_cpu_time(), Instant::now());
     let (mut sent, mut errors) = (0u64, 0u64);
     while sent < max && start.elapsed() < duration {
+        pacer.hold(sent * payload as u64, start);
         for _ in 0..64 {
             fill(&mut buf, sent);
             match sock.send_to(&buf, to) {
@@ -369,6 +407,7 @@ fn send_ring(
     payload: usize,
     duration: Duration,
     max: u64,
+    pacer: Pacer,
     backend: BackendChoice,
     gso: bool,
 ) -> anyhow::Result<SendStats> {
@@ -379,7 +418,14 @@ fn send_ring(
     let mut queued = 0u64;
     while queued < max && start.elapsed() < duration {
         // Fill every free buffer, then submit them together.
+        pacer.hold(queued * payload as u64, start);
         while queued < max {
+            if pacer
+                .ahead(queued * payload as u64, start.elapsed())
+                .is_some()
+            {
+                break;
+            }
             let Ok(mut buf) = ring.send_buffer(sock, to, payload) else {
                 break;
             };
@@ -496,6 +542,9 @@ struct Summary {
 pub fn run(args: &UdpArgs) -> anyhow::Result<()> {
     if args.payload == 0 || args.payload > ccfd_ring::MAX_SEND_PAYLOAD {
         bail!("--payload must be in 1..={}", ccfd_ring::MAX_SEND_PAYLOAD);
+    }
+    if !(args.rate_gbps >= 0.0 && args.rate_gbps.is_finite()) {
+        bail!("--rate-gbps must be >= 0");
     }
     if !(args.secs > 0.0 && args.secs <= 120.0) {
         bail!("--secs must be in (0, 120]");
