@@ -12,12 +12,13 @@
 //!   - systematic layouts send the `K` source symbols first, in the interleaved order
 //!     `(n * step + offset) mod K` (`step` coprime with `K`, near `K / golden ratio`; `offset`
 //!     from the stream key), so a burst loss leaves holes spread over the band;
-//!   - coded packets take the subgeneration from a golden-ratio (Weyl) sequence keyed by the
-//!     stream's schedule key: deterministic, low-discrepancy for every prefix and every run, and
-//!     edge-weighted: the first and last subgenerations get weight `(window/stride + 1) / 2`
-//!     (interior ones 1), which equalises the mean coverage of the band's end columns, covered
-//!     by fewer windows, with the interior (the reference's `banded_nonuniform_sched`
-//!     generalised to any stride, SNC-REFERENCE §3.9);
+//!   - coded packets come in visits of [`SCHEDULE_RUN`] consecutive subgenerations; visit `v`
+//!     starts at point `v` of a golden-ratio (Weyl) sequence keyed by the stream's schedule key
+//!     over the edge-weighted line of subgenerations: deterministic, low-discrepancy for every
+//!     prefix and every run of visits, and edge-weighted: the first and last subgenerations get
+//!     weight `(window/stride + 1) / 2` (interior ones 1), which equalises the mean coverage of
+//!     the band's end columns, covered by fewer windows, with the interior (the reference's
+//!     `banded_nonuniform_sched` generalised to any stride, SNC-REFERENCE §3.9);
 //!   - the coefficient seed is [`crate::prng::derive`]`(key, n)`.
 //! * Locality: a GF(2) coded packet is one fused `xor_multi` over the ~`window/2` selected
 //!   symbols of its window. [`Encoder::write_batch`] writes the packets of each subgeneration
@@ -26,11 +27,19 @@
 
 use crate::coeffs::{gf256_from_seed, gf2_from_seed};
 use crate::field::Kernel;
-use crate::layout::{Layout, SubgenColumns};
+use crate::layout::Layout;
 use crate::packet::{self, Header, PacketError, PacketKind};
 use crate::params::{Field, MAX_SUBGEN_SIZE};
 use crate::prng::{derive, mix64, GOLDEN};
 use thiserror::Error;
+
+/// Consecutive packets of a stream that visit consecutive subgenerations (one "visit").
+///
+/// Neighbouring band windows share `window - stride` columns, so a visit reads about
+/// `window + (SCHEDULE_RUN - 1) * stride` symbols (225 KiB by default) instead of
+/// `SCHEDULE_RUN` scattered windows: the encoder streams from L2 rather than from DRAM. A burst
+/// loss of up to `SCHEDULE_RUN` packets still leaves every column covered by the neighbours.
+pub const SCHEDULE_RUN: u64 = 8;
 
 /// What one packet of a stream is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -242,8 +251,12 @@ impl<'a> Encoder<'a> {
         if g <= 1 {
             return 0;
         }
-        let x = mix64(schedule_key).wrapping_add(counter.wrapping_mul(GOLDEN));
-        let u = ((x as u128 * self.total_weight as u128) >> 64) as u64;
+        // Visit `v` starts at a golden-ratio point of the weighted line (half units) and its
+        // RUN packets step one interior subgeneration (2 half units) at a time, wrapping.
+        let (visit, step) = (counter / SCHEDULE_RUN, counter % SCHEDULE_RUN);
+        let x = mix64(schedule_key).wrapping_add(visit.wrapping_mul(GOLDEN));
+        let start = ((x as u128 * self.total_weight as u128) >> 64) as u64;
+        let u = (start + 2 * step) % self.total_weight;
         let e = self.edge_weight;
         if u < e {
             0
@@ -348,40 +361,37 @@ impl<'a> Encoder<'a> {
             Field::Gf2 => {
                 let mut words = [0u64; MAX_SUBGEN_SIZE as usize / 64];
                 gf2_from_seed(seed, w, &mut words);
-                let mut srcs: [&[u8]; MAX_SUBGEN_SIZE as usize] = [&[]; MAX_SUBGEN_SIZE as usize];
-                let mut m = 0;
+                // One fused pass per 64 positions (one pass for the default window of 64).
+                let mut srcs: [&[u8]; 64] = [&[]; 64];
                 for (wi, &word) in words[..w.div_ceil(64)].iter().enumerate() {
                     let mut bits = word;
+                    let mut m = 0;
                     while bits != 0 {
                         let j = wi * 64 + bits.trailing_zeros() as usize;
                         bits &= bits - 1;
-                        srcs[m] = self.column(column_at(&cols, j));
+                        srcs[m] = self.column(cols.column(j));
                         m += 1;
                     }
+                    self.kernel.xor_multi(dst, &srcs[..m]);
                 }
-                self.kernel.xor_multi(dst, &srcs[..m]);
             }
             Field::Gf256 => {
                 let mut coefs = [0u8; MAX_SUBGEN_SIZE as usize];
                 gf256_from_seed(seed, w, &mut coefs);
-                let mut srcs: [(&[u8], u8); MAX_SUBGEN_SIZE as usize] =
-                    [(&[], 0); MAX_SUBGEN_SIZE as usize];
-                let mut m = 0;
-                for (j, &c) in coefs[..w].iter().enumerate() {
-                    if c != 0 {
-                        srcs[m] = (self.column(column_at(&cols, j)), c);
-                        m += 1;
+                let mut srcs: [(&[u8], u8); 64] = [(&[], 0); 64];
+                for (ci, chunk) in coefs[..w].chunks(64).enumerate() {
+                    let mut m = 0;
+                    for (jj, &c) in chunk.iter().enumerate() {
+                        if c != 0 {
+                            srcs[m] = (self.column(cols.column(ci * 64 + jj)), c);
+                            m += 1;
+                        }
                     }
+                    self.kernel.mul_add_multi(dst, &srcs[..m]);
                 }
-                self.kernel.mul_add_multi(dst, &srcs[..m]);
             }
         }
     }
-}
-
-#[inline]
-fn column_at(cols: &SubgenColumns<'_>, j: usize) -> u32 {
-    cols.column(j)
 }
 
 /// A step coprime with `k` near `k / golden ratio` (1 for `k <= 2`).

@@ -12,7 +12,8 @@
 //!   - systematic packets are kept by source index (a duplicate is ignored) and queued for
 //!     forwarding;
 //!   - when the buffer is full, the oldest packet of the whole buffer is dropped.
-//! * [`Recoder::recode`] writes one packet into the caller's buffer:
+//! * [`Recoder::recode`] writes one packet into the caller's buffer ([`Recoder::recode_batch`]
+//!   several, all from one subgeneration after the forwarded ones, for several peers):
 //!   - first any queued systematic packet is forwarded uncoded, each with its own payload and
 //!     index (the reference forwarded the wrong payload, SNC-REFERENCE §2.9), unless
 //!     [`Recoder::set_forward_systematic`] turned that off;
@@ -30,7 +31,7 @@
 use crate::coeffs::{gf2_to_wire, CoeffRow};
 use crate::field::Kernel;
 use crate::layout::{Layout, SubgenColumns};
-use crate::packet::{self, Header, PacketError, PacketView};
+use crate::packet::{self, Header, PacketError, PacketKind, PacketView};
 use crate::params::{Field, MAX_SUBGEN_SIZE};
 use crate::prng::Prng;
 use std::collections::{BTreeMap, VecDeque};
@@ -321,25 +322,56 @@ impl Recoder {
     /// [`packet::max_len`] bytes) and returns its length; `None` if nothing is buffered or `out`
     /// is too small.
     pub fn recode(&mut self, rng: &mut Prng, out: &mut [u8]) -> Option<usize> {
-        while let Some(index) = self.forward_queue.pop_front() {
-            if let Some(&slot) = self.systematic.get(&index) {
-                let sym =
-                    packet::write_header(&self.layout, &Header::Systematic { index }, out).ok()?;
-                let s = self.s;
-                sym.copy_from_slice(&self.symbols[slot as usize * s..(slot as usize + 1) * s]);
-                return Some(packet::len(
-                    &self.layout,
-                    crate::packet::PacketKind::Systematic,
-                ));
-            }
+        let mut len = [0usize; 1];
+        let slot = out.len();
+        (self.recode_batch(rng, out, slot, &mut len) == 1).then_some(len[0])
+    }
+
+    /// Writes up to `lens.len()` packets, packet `i` into `out[i * slot..]` with its length in
+    /// `lens[i]`, and returns how many it wrote. Queued systematic packets go first; the
+    /// remaining packets are all recoded from the one subgeneration MLPI picks (each with its
+    /// own random coefficients), so its held symbols are read from cache once: use it to make
+    /// one packet for each of several peers.
+    pub fn recode_batch(
+        &mut self,
+        rng: &mut Prng,
+        out: &mut [u8],
+        slot: usize,
+        lens: &mut [usize],
+    ) -> usize {
+        let sys_len = packet::len(&self.layout, PacketKind::Systematic);
+        let rec_len = packet::len(&self.layout, PacketKind::Recoded);
+        let count = lens.len().min(out.len() / slot.max(1));
+        let mut done = 0;
+        while done < count && slot >= sys_len {
+            let Some(index) = self.forward_queue.pop_front() else {
+                break;
+            };
+            let Some(&held) = self.systematic.get(&index) else {
+                continue;
+            };
+            let dst = &mut out[done * slot..(done + 1) * slot];
+            let Ok(sym) = packet::write_header(&self.layout, &Header::Systematic { index }, dst)
+            else {
+                break;
+            };
+            let s = self.s;
+            sym.copy_from_slice(&self.symbols[held as usize * s..(held as usize + 1) * s]);
+            lens[done] = sys_len;
+            done += 1;
         }
-        let g = self.best_subgen()?;
-        if out.len() < packet::len(&self.layout, crate::packet::PacketKind::Recoded) {
-            return None;
+        if done == count || slot < rec_len {
+            return done;
         }
-        self.sent[g as usize] += 1;
+        let Some(g) = self.best_subgen() else {
+            return done;
+        };
+        for i in done..count {
+            lens[i] = self.combine(g, rng, &mut out[i * slot..(i + 1) * slot]);
+        }
+        self.sent[g as usize] += (count - done) as u32;
         self.update_score(g);
-        Some(self.combine(g, rng, out))
+        count
     }
 
     /// Writes a random combination of subgeneration `g`'s held packets into `out`.
