@@ -307,9 +307,9 @@ impl Coop {
 
     /// The wanted segment is decoded (or abandoned): `StopCoop` to its sources.
     pub fn clear_want(&mut self, _now: Instant) {
-        let Some(want) = self.want.take() else {
+        if self.want.take().is_none() {
             return;
-        };
+        }
         for o in self.outbound.values_mut() {
             let Some(ask) = o.ask.take() else { continue };
             if let OutState::Open { link } = o.state {
@@ -321,9 +321,8 @@ impl Coop {
                 });
             }
         }
-        // Contributions to a segment that is no longer wanted are forgotten once it verifies
-        // (segment_completed) or fails (segment_failed); keep them until then.
-        let _ = want;
+        // Contributions (who acknowledged) are kept until the segment verifies (segment_completed)
+        // or fails its digest (segment_failed).
     }
 
     /// Segment `segment` verified: we hold it; streams recoding it switch to encoding from our copy.

@@ -49,7 +49,8 @@ pub struct DownloadConfig {
     pub stall_timeout: Duration,
     /// First backoff delay.
     pub backoff_initial: Duration,
-    /// Largest backoff delay.
+    /// Largest backoff delay; keep it under the server's client timeout (10 s by default), since a
+    /// connected client waiting to retry a request sends nothing meanwhile.
     pub backoff_max: Duration,
     /// Consecutive failed attempts (connects or transient errors) before giving up; `None`: never.
     pub max_attempts: Option<u32>,
@@ -74,7 +75,7 @@ impl DownloadConfig {
             server_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(3),
             backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(5),
             max_attempts: None,
             max_digest_failures: 3,
             announce_have: false,
@@ -529,6 +530,7 @@ impl Download {
         ranges.truncate(crate::frame::MAX_RANGES);
         self.actions.push_back(DownloadAction::Send(Frame::Have {
             name: self.meta.name.clone(),
+            version: self.meta.version,
             ranges,
         }));
     }

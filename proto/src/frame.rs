@@ -399,13 +399,15 @@ pub enum Frame {
     },
     /// Generic acknowledgement (of `StopSegment`, `Have`).
     Ack {
-        /// The session acknowledged (0 for `Have`).
+        /// The session acknowledged (`SessionId::NONE` for `Have`).
         session: SessionId,
     },
     /// The client holds these segments of a file (on resume), for the cooperation list.
     Have {
         /// File name.
         name: String,
+        /// Version tag of the file the segments belong to ([`FileMeta::version`]).
+        version: u64,
         /// Segment ranges held.
         ranges: Vec<SegmentRange>,
     },
@@ -683,9 +685,14 @@ impl Frame {
                 w.u8(tag::ACK);
                 w.u32(session.0);
             }
-            Frame::Have { name, ranges } => {
+            Frame::Have {
+                name,
+                version,
+                ranges,
+            } => {
                 w.u8(tag::HAVE);
                 w.str("name", name, MAX_NAME_LEN)?;
+                w.u64(*version);
                 w.count("ranges", ranges.len(), MAX_RANGES)?;
                 for r in ranges {
                     if r.start >= r.end {
@@ -947,6 +954,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Frame, WireError> {
         },
         tag::HAVE => {
             let name = r.str("name", MAX_NAME_LEN)?;
+            let version = r.u64("version")?;
             let n = r.count("ranges", MAX_RANGES, 8)?;
             let mut ranges = Vec::with_capacity(n);
             for _ in 0..n {
@@ -957,7 +965,11 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Frame, WireError> {
                 }
                 ranges.push(SegmentRange { start, end });
             }
-            Frame::Have { name, ranges }
+            Frame::Have {
+                name,
+                version,
+                ranges,
+            }
         }
         tag::PEERS => Frame::Peers(match r.u8("peers query")? {
             1 => PeersQuery::Session(session(r)?),

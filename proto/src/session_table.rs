@@ -259,6 +259,8 @@ struct Client {
 
 #[derive(Debug, Default)]
 struct Member {
+    /// File version the member's segments belong to.
+    version: u64,
     held: BTreeSet<u32>,
     /// Segment being received -> decoder rank.
     receiving: BTreeMap<u32, u32>,
@@ -268,7 +270,8 @@ struct Member {
 
 #[derive(Debug, Default)]
 struct FileCoop {
-    version: u64,
+    /// The file's current version, once a `RequestSegment` resolved it (`None`: only `Have`s so far).
+    version: Option<u64>,
     members: BTreeMap<ClientId, Member>,
 }
 
@@ -383,7 +386,11 @@ impl SessionTable {
             },
             Frame::Heartbeat { session, stats } => self.heartbeat(now, client, session, stats),
             Frame::StopSegment { session } => self.stop_segment(now, client, session),
-            Frame::Have { name, ranges } => self.have(client, name, ranges),
+            Frame::Have {
+                name,
+                version,
+                ranges,
+            } => self.have(client, name, version, ranges),
             Frame::Peers(query) => self.peers(client, query),
             Frame::Exit => {
                 self.remove_client(now, client);
@@ -531,12 +538,10 @@ impl SessionTable {
                 self.file_changed(now, &info.name);
             }
         }
-        if self
-            .coop
-            .get(&info.name)
-            .is_some_and(|f| f.version != info.version)
-        {
-            self.coop.remove(&info.name);
+        // Members holding another version of the file are useless to this one.
+        if let Some(f) = self.coop.get_mut(&info.name) {
+            f.version = Some(info.version);
+            f.members.retain(|_, m| m.version == info.version);
         }
         let sid = match self.by_segment.get(&key).copied() {
             Some(sid) => sid,
@@ -637,8 +642,9 @@ impl SessionTable {
         }
         // Cooperation list: the client now receives this segment.
         let coop = self.coop.entry(info.name.clone()).or_default();
-        coop.version = info.version;
+        coop.version = Some(info.version);
         let member = coop.members.entry(client).or_default();
+        member.version = info.version;
         member.held.remove(&info.segment);
         member.receiving.entry(info.segment).or_insert(0);
         self.reallocate_rates();
@@ -771,7 +777,7 @@ impl SessionTable {
             Vec::new();
         if let Some(file) = self.coop.get(&name) {
             for (id, m) in &file.members {
-                if *id == client {
+                if *id == client || file.version.is_some_and(|v| v != m.version) {
                     continue;
                 }
                 let Some(hello) = self.clients.get(id).map(|c| &c.hello) else {
@@ -815,7 +821,13 @@ impl SessionTable {
         })
     }
 
-    fn have(&mut self, client: ClientId, name: String, ranges: Vec<SegmentRange>) -> Reply {
+    fn have(
+        &mut self,
+        client: ClientId,
+        name: String,
+        version: u64,
+        ranges: Vec<SegmentRange>,
+    ) -> Reply {
         let Some(c) = self.clients.get_mut(&client) else {
             return Reply::SendAndClose(Frame::error(
                 ErrorCode::BadRequest,
@@ -829,13 +841,19 @@ impl SessionTable {
             ));
         }
         c.files.insert(name.clone());
-        let member = self
-            .coop
-            .entry(name)
-            .or_default()
-            .members
-            .entry(client)
-            .or_default();
+        let file = self.coop.entry(name).or_default();
+        if file.version.is_some_and(|v| v != version) {
+            return Reply::Send(Frame::error(
+                ErrorCode::FileChanged,
+                "the held segments belong to another version of the file",
+            ));
+        }
+        let member = file.members.entry(client).or_default();
+        if member.version != version {
+            member.version = version;
+            member.held.clear();
+            member.receiving.clear();
+        }
         // Bound the work and memory a hostile Have can cause: at most MAX_SEGMENTS insertions of
         // indices below MAX_SEGMENTS, whatever the ranges.
         let limit = u32::try_from(MAX_SEGMENTS).unwrap_or(u32::MAX);

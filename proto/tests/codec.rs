@@ -197,7 +197,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                 0..10
             )
         )
-            .prop_map(|(name, ranges)| Frame::Have { name, ranges }),
+            .prop_map(|(name, ranges)| Frame::Have {
+                name,
+                version: 77,
+                ranges
+            }),
         session().prop_map(|s| Frame::Peers(PeersQuery::Session(s))),
         (name(), any::<u32>())
             .prop_map(|(name, segment)| Frame::Peers(PeersQuery::Segment { name, segment })),
@@ -488,6 +492,7 @@ fn strictness() {
     // Empty Have range.
     let f = Frame::Have {
         name: "a".into(),
+        version: 0,
         ranges: vec![SegmentRange { start: 3, end: 3 }],
     };
     assert!(f.to_bytes().is_err());

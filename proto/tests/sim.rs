@@ -1304,6 +1304,7 @@ fn peers_are_listed_most_useful_first() {
     }
     let have = Frame::Have {
         name: NAME.into(),
+        version: 1,
         ranges: vec![SegmentRange { start: 0, end: 5 }],
     };
     assert!(matches!(
@@ -1513,6 +1514,7 @@ fn hostile_have_is_bounded() {
     handle(&mut t, now, 2, hello(2, true), &meta);
     let huge = Frame::Have {
         name: NAME.into(),
+        version: 1,
         ranges: vec![
             SegmentRange {
                 start: 0,
@@ -1543,6 +1545,7 @@ fn hostile_have_is_bounded() {
     for k in 1..MAX_FILES_PER_CLIENT {
         let f = Frame::Have {
             name: format!("f{k}"),
+            version: 1,
             ranges: vec![],
         };
         assert!(matches!(
@@ -1552,6 +1555,7 @@ fn hostile_have_is_bounded() {
     }
     let f = Frame::Have {
         name: "one-too-many".into(),
+        version: 1,
         ranges: vec![],
     };
     assert!(matches!(
@@ -1615,4 +1619,51 @@ fn connect_that_never_answers_is_abandoned() {
     assert!(retry > at && retry <= at + Duration::from_millis(100));
     dl.handle_timeout(retry);
     assert_eq!(dl.poll_action(), Some(DownloadAction::Connect));
+}
+
+#[test]
+fn have_is_versioned() {
+    let meta = file_meta(10 * 100_000, 1);
+    let mut t = SessionTable::new(table_config());
+    let now = Instant::now();
+    for c in 1..=3u64 {
+        handle(&mut t, now, c, hello(c, true), &meta);
+    }
+    let have = |version| Frame::Have {
+        name: NAME.into(),
+        version,
+        ranges: vec![SegmentRange { start: 0, end: 10 }],
+    };
+    // Resumed holders announce before anyone requested: both are kept until the version is known.
+    assert!(matches!(
+        handle(&mut t, now, 1, have(1), &meta),
+        Reply::Send(Frame::Ack { .. })
+    ));
+    assert!(matches!(
+        handle(&mut t, now, 2, have(0), &meta),
+        Reply::Send(Frame::Ack { .. })
+    ));
+    // A request resolves the version: the stale holder is dropped, the current one kept.
+    session_of(handle(&mut t, now, 3, req(4, 3), &meta));
+    let q = PeersQuery::Segment {
+        name: NAME.into(),
+        segment: 4,
+    };
+    match handle(&mut t, now, 3, Frame::Peers(q), &meta) {
+        Reply::Send(Frame::PeerList { peers, .. }) => {
+            assert_eq!(
+                peers.iter().map(|p| p.node_id).collect::<Vec<_>>(),
+                vec![NodeId(1)]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Later stale announcements are refused with FileChanged.
+    assert!(matches!(
+        handle(&mut t, now, 2, have(0), &meta),
+        Reply::Send(Frame::Error {
+            code: ErrorCode::FileChanged,
+            ..
+        })
+    ));
 }
