@@ -1,6 +1,6 @@
 //! Strict little-endian primitives shared by the control-frame codec.
 //!
-//! [`Writer`] appends fields to a `Vec<u8>`; [`Reader`] consumes a borrowed body and fails with a
+//! `Writer` appends fields to a `Vec<u8>`; `Reader` consumes a borrowed body and fails with a
 //! [`WireError`] on short input, over-long strings or lists, invalid UTF-8 and unknown tags. Nothing here
 //! panics on any input.
 
