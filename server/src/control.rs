@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccfd_proto::{
-    ClientId, ErrorCode, FileEntry, FileMeta, Frame, FrameDecoder, Reply, SegmentInfo,
+    ClientId, ErrorCode, FileEntry, FileMeta, Frame, FrameDecoder, Reply, SegmentInfo, SessionId,
     SessionTable, ShardCommand, TableOutput, MAX_FILE_LIST, MAX_FRAME_LEN,
 };
+use snc::Layout;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::catalog::{Catalog, CatalogError, Lookup, ServedFile};
-use crate::coder::{segment_layout, wire_params};
+use crate::coder::{segment_layout, wire_params, SessionCoder};
 use crate::config::CodingSettings;
 use crate::notify::Watchdog;
 use crate::shard::{session_bind_addr, ShardMsg, ShardSender};
@@ -85,6 +86,31 @@ struct State {
     udp_base: u16,
     closers: HashMap<ClientId, tokio::sync::oneshot::Sender<()>>,
     stats: Arc<ControlStats>,
+    /// Per-session command pipelines while an encoder is being built: commands wait behind the
+    /// `Start` so the shard sees them in table order.
+    pipelines: HashMap<SessionId, VecDeque<Pending>>,
+    builds_started: u64,
+    /// This state, for the build tasks it spawns.
+    me: std::rc::Weak<RefCell<State>>,
+}
+
+/// A command waiting in a session's pipeline.
+enum Pending {
+    /// Ready to go to the shard.
+    Ready(usize, ShardMsg),
+    /// An encoder build with this ticket is running.
+    Building(u64),
+}
+
+/// An encoder to build off the control thread.
+struct Build {
+    ticket: u64,
+    session: SessionId,
+    segment: u32,
+    file: Arc<ServedFile>,
+    layout: Layout,
+    key: ccfd_proto::SessionKey,
+    bind: SocketAddr,
 }
 
 impl State {
@@ -97,9 +123,21 @@ impl State {
                         let _ = closer.send(());
                     }
                 }
+                TableOutput::Shard(ShardCommand::StartSession {
+                    session,
+                    name,
+                    segment,
+                    version,
+                    key,
+                    data_port,
+                    ..
+                }) => self.start_build(session, &name, segment, version, key, data_port),
                 TableOutput::Shard(command) => {
-                    if let Some((shard, msg)) = self.shard_msg(command) {
-                        self.dispatch(shard, msg);
+                    if let Some((session, shard, msg)) = self.shard_msg(command) {
+                        match self.pipelines.get_mut(&session) {
+                            Some(pipeline) => pipeline.push_back(Pending::Ready(shard, msg)),
+                            None => self.dispatch(shard, msg),
+                        }
                     }
                 }
             }
@@ -110,40 +148,96 @@ impl State {
         session.0 as usize % self.shards.len()
     }
 
-    fn shard_msg(&self, command: ShardCommand) -> Option<(usize, ShardMsg)> {
-        Some(match command {
-            ShardCommand::StartSession {
-                session,
-                name,
-                segment,
-                version,
-                key,
-                data_port,
-                ..
-            } => {
-                let Some(file) = self.files.get(&name).filter(|f| f.version() == version) else {
-                    tracing::error!(session = session.0, file = %name, "no mapped file for session");
-                    return None;
-                };
-                let layout = match segment_layout(&self.coding, file, segment) {
-                    Ok(layout) => layout,
-                    Err(error) => {
-                        tracing::error!(session = session.0, %error, "bad code parameters");
-                        return None;
-                    }
-                };
-                (
-                    self.shard_of(session),
-                    ShardMsg::Start {
-                        session,
-                        segment,
-                        file: Arc::clone(file),
-                        layout: Box::new(layout),
-                        key,
-                        bind: session_bind_addr(self.listen_ip, data_port),
-                    },
-                )
+    /// Queues the build of a session's encoder; its commands wait behind it.
+    fn start_build(
+        &mut self,
+        session: SessionId,
+        name: &str,
+        segment: u32,
+        version: u64,
+        key: ccfd_proto::SessionKey,
+        data_port: u16,
+    ) {
+        let Some(file) = self.files.get(name).filter(|f| f.version() == version) else {
+            tracing::error!(session = session.0, file = %name, "no mapped file for session");
+            return;
+        };
+        let layout = match segment_layout(&self.coding, file, segment) {
+            Ok(layout) => layout,
+            Err(error) => {
+                tracing::error!(session = session.0, %error, "bad code parameters");
+                return;
             }
+        };
+        self.builds_started += 1;
+        let ticket = self.builds_started;
+        self.pipelines
+            .entry(session)
+            .or_default()
+            .push_back(Pending::Building(ticket));
+        let build = Build {
+            ticket,
+            session,
+            segment,
+            file: Arc::clone(file),
+            layout,
+            key,
+            bind: session_bind_addr(self.listen_ip, data_port),
+        };
+        // Runs once the current task yields; it only touches the state after the blocking build.
+        tokio::task::spawn_local(build_task(self.me.clone(), build));
+    }
+
+    /// A build finished: its `Start` (or nothing, on failure) takes its place in the pipeline, and the
+    /// pipeline's ready prefix goes to the shard.
+    fn build_done(&mut self, session: SessionId, ticket: u64, start: Option<ShardMsg>) {
+        let shard = self.shard_of(session);
+        let Some(pipeline) = self.pipelines.get_mut(&session) else {
+            return;
+        };
+        let Some(slot) = pipeline
+            .iter_mut()
+            .find(|p| matches!(p, Pending::Building(t) if *t == ticket))
+        else {
+            return;
+        };
+        match start {
+            Some(msg) => *slot = Pending::Ready(shard, msg),
+            // Failed: leave a no-op (a receiver for a session the shard does not know is ignored).
+            None => *slot = Pending::Building(0),
+        }
+        let mut ready = Vec::new();
+        while let Some(front) = pipeline.front() {
+            match front {
+                Pending::Building(0) => {
+                    pipeline.pop_front();
+                }
+                Pending::Building(_) => break,
+                Pending::Ready(..) => {
+                    if let Some(Pending::Ready(shard, msg)) = pipeline.pop_front() {
+                        ready.push((shard, msg));
+                    }
+                }
+            }
+        }
+        if pipeline.is_empty() {
+            self.pipelines.remove(&session);
+        }
+        for (shard, msg) in ready {
+            self.dispatch(shard, msg);
+        }
+    }
+
+    fn shard_msg(&self, command: ShardCommand) -> Option<(SessionId, usize, ShardMsg)> {
+        let session = match &command {
+            ShardCommand::StartSession { session, .. }
+            | ShardCommand::AddReceiver { session, .. }
+            | ShardCommand::SetRate { session, .. }
+            | ShardCommand::RemoveReceiver { session, .. }
+            | ShardCommand::EndSession { session } => *session,
+        };
+        let (shard, msg) = match command {
+            ShardCommand::StartSession { .. } => return None,
             ShardCommand::AddReceiver {
                 session,
                 client,
@@ -185,7 +279,8 @@ impl State {
             ShardCommand::EndSession { session } => {
                 (self.shard_of(session), ShardMsg::End { session })
             }
-        })
+        };
+        Some((session, shard, msg))
     }
 
     /// Sends in order: behind anything already parked for that shard.
@@ -209,6 +304,45 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// Builds a session's encoder on the blocking pool, then hands the `Start` to its pipeline.
+async fn build_task(state: std::rc::Weak<RefCell<State>>, build: Build) {
+    let Build {
+        ticket,
+        session,
+        segment,
+        file,
+        layout,
+        key,
+        bind,
+    } = build;
+    let name = file.name.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        file.prefetch_segment(segment);
+        SessionCoder::build(&layout, file, segment)
+    })
+    .await;
+    let start = match built {
+        Ok(Ok(coder)) => Some(ShardMsg::Start {
+            session,
+            segment,
+            coder: Box::new(coder),
+            key,
+            bind,
+        }),
+        Ok(Err(error)) => {
+            tracing::error!(session = session.0, file = %name, segment, %error, "cannot encode segment");
+            None
+        }
+        Err(error) => {
+            tracing::error!(session = session.0, %error, "encoder build task failed");
+            None
+        }
+    };
+    if let Some(state) = state.upgrade() {
+        state.borrow_mut().build_done(session, ticket, start);
     }
 }
 
@@ -236,7 +370,11 @@ async fn serve(setup: ControlSetup) -> std::io::Result<()> {
         udp_base: setup.udp_base,
         closers: HashMap::new(),
         stats: Arc::clone(&setup.stats),
+        pipelines: HashMap::new(),
+        builds_started: 0,
+        me: std::rc::Weak::new(),
     }));
+    state.borrow_mut().me = Rc::downgrade(&state);
     let timer = tokio::task::spawn_local(timer_task(
         Rc::clone(&state),
         Arc::clone(&setup.watchdog),

@@ -5,8 +5,9 @@
 //!   then talks to it only through [`Shard::send`] (a bounded crossbeam queue + the ring's `Waker`): it
 //!   never blocks on the shard, and the shard never blocks on it.
 //! - A session's commands arrive in table order: `Start` (binds the session's UDP socket on
-//!   `bind_ip:data_port`, builds the snc encoder over the mapped segment), `AddReceiver`/`SetRate`/
-//!   `RemoveReceiver`, `End` (closes the socket, drops the encoder and with it the mapping).
+//!   `bind_ip:data_port`; carries the snc encoder over the mapped segment, built by the control plane
+//!   off the shard), `AddReceiver`/`SetRate`/`RemoveReceiver`, `End` (closes the socket, drops the
+//!   encoder and with it its hold on the mapping).
 //! - Each receiver has its own snc [`Stream`] (a fresh random key, so its packets are distinct from every
 //!   other receiver's) and its own [`TokenBucket`] at the rate the session table gave it; the shard also
 //!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A batch is up to
@@ -27,9 +28,7 @@ use ccfd_proto::{
 use ccfd_ring::{max_datagrams, Ring, RingConfig, SendError, SocketConfig, SocketId, Waker};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use snc::encoder::Stream;
-use snc::Layout;
 
-use crate::catalog::ServedFile;
 use crate::coder::SessionCoder;
 use crate::notify::Watchdog;
 use crate::pacing::{batch_datagrams, EgressLimiter, TokenBucket};
@@ -42,16 +41,14 @@ const BATCHES_PER_TURN: usize = 4;
 /// A command for a shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Start a session: bind its socket, build its encoder.
+    /// Start a session: bind its socket and serve the prebuilt encoder.
     Start {
         /// Session id.
         session: SessionId,
         /// Segment index.
         segment: u32,
-        /// The file version served.
-        file: Arc<ServedFile>,
-        /// Validated code layout of the segment.
-        layout: Box<Layout>,
+        /// The encoder over the mapped segment (built off the shard: it computes the precode).
+        coder: Box<SessionCoder>,
         /// MAC key.
         key: SessionKey,
         /// Local address of the session's socket (`listen_ip:udp_base + session`).
@@ -378,11 +375,10 @@ impl ShardLoop {
             ShardMsg::Start {
                 session,
                 segment,
-                file,
-                layout,
+                coder,
                 key,
                 bind,
-            } => self.start(session, segment, file, &layout, key, bind),
+            } => self.start(session, segment, *coder, key, bind),
             ShardMsg::AddReceiver {
                 session,
                 client,
@@ -447,24 +443,14 @@ impl ShardLoop {
         &mut self,
         session: SessionId,
         segment: u32,
-        file: Arc<ServedFile>,
-        layout: &Layout,
+        coder: SessionCoder,
         key: SessionKey,
         bind: SocketAddr,
     ) {
         if self.sessions.contains_key(&session) {
             self.end(session);
         }
-        file.prefetch_segment(segment);
-        let name = file.name.clone();
-        let coder = match SessionCoder::build(layout, file, segment) {
-            Ok(coder) => coder,
-            Err(error) => {
-                self.stats.session_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(session = session.0, file = %name, segment, %error, "cannot encode segment");
-                return;
-            }
-        };
+        let name = coder.segment().file().name.clone();
         let config = SocketConfig::new(bind)
             .receive(false)
             .gro(false)

@@ -123,7 +123,7 @@ impl fmt::Display for BitRate {
             (1_000_000, "mbit"),
             (1_000, "kbit"),
         ] {
-            if bits >= factor && bits % factor == 0 {
+            if bits >= factor && bits.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", bits / factor);
             }
         }
@@ -183,7 +183,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let bytes = self.bytes;
         for (factor, unit) in [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if bytes >= factor && bytes % factor == 0 {
+            if bytes >= factor && bytes.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", bytes / factor);
             }
         }

@@ -401,3 +401,137 @@ fn client_limit_gives_an_explicit_error() {
     assert_eq!(a.meta("tiny").unwrap().size, 1);
     server.shutdown();
 }
+
+/// Counts the bytes of valid packets of `session` arriving on `socket` during `window`.
+fn count_bytes(socket: &UdpSocket, meta: &SessionMeta, window: Duration) -> u64 {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut bytes = 0u64;
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            if DataPacket::open(&meta.key, &buf[..n]).is_ok_and(|(h, _)| h.session == meta.session)
+            {
+                bytes += n as u64;
+            }
+        }
+    }
+    bytes
+}
+
+#[test]
+fn max_rate_caps_total_egress_shared_by_receivers() {
+    const CAP: u64 = 40_000_000;
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.61", udp_base(6), |s| {
+        s.shards = 2;
+        s.max_rate = Some(ccfd_server::units::BitRate::from_bits_per_sec(CAP).unwrap());
+    });
+    let mut metas = Vec::new();
+    let mut sockets = Vec::new();
+    let mut ctls = Vec::new();
+    for (i, ip) in ["127.0.0.62", "127.0.0.63"].into_iter().enumerate() {
+        let socket = UdpSocket::bind(format!("{ip}:0")).unwrap();
+        let receive = socket.local_addr().unwrap();
+        let mut ctl = Ctl::connect(server.control_addr());
+        ctl.hello(10 + i as u64, Some(receive));
+        // Different segments: different sessions, on different shards.
+        metas.push(request_segment(&mut ctl, "a.bin", i as u32, receive));
+        sockets.push(socket);
+        ctls.push(ctl);
+    }
+    assert_ne!(metas[0].session, metas[1].session);
+    // Let the rates settle, then measure both receivers at once for one second.
+    std::thread::sleep(Duration::from_millis(200));
+    let window = Duration::from_secs(1);
+    let counts: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sockets
+            .iter()
+            .zip(&metas)
+            .map(|(socket, meta)| scope.spawn(move || count_bytes(socket, meta, window)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let total_bps = (counts[0] + counts[1]) as f64 * 8.0 / window.as_secs_f64();
+    assert!(
+        total_bps <= CAP as f64 * 1.1,
+        "total {total_bps} bit/s over the cap {CAP} ({counts:?})"
+    );
+    assert!(
+        total_bps >= CAP as f64 * 0.6,
+        "total {total_bps} bit/s far under the cap {CAP} ({counts:?})"
+    );
+    let share = counts[0] as f64 / (counts[0] + counts[1]) as f64;
+    assert!((0.3..=0.7).contains(&share), "unfair split {counts:?}");
+    drop(ctls);
+    server.shutdown();
+}
+
+#[test]
+fn a_changed_file_restarts_its_sessions() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.64", udp_base(7), |_| {});
+    let socket = UdpSocket::bind("127.0.0.65:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let receive = socket.local_addr().unwrap();
+    let mut ctl = Ctl::connect(server.control_addr());
+    ctl.hello(1, Some(receive));
+    let before = ctl.meta("a.bin").unwrap();
+    let old = request_segment(&mut ctl, "a.bin", 0, receive);
+    // Replace the file with other content (new inode), as an operator's `mv` would.
+    let root = dir.path().join("root");
+    let new_data = patterned(200_000, 9);
+    std::fs::write(root.join("a.new"), &new_data).unwrap();
+    std::fs::rename(root.join("a.new"), root.join("a.bin")).unwrap();
+    // The next meta request notices the change: new version and digests, old session ended.
+    let after = ctl.meta("a.bin").unwrap();
+    assert_ne!(after.version, before.version);
+    assert_eq!(after.size, 200_000);
+    let reply = ctl.request(&Frame::Heartbeat {
+        session: old.session,
+        stats: Default::default(),
+    });
+    assert_eq!(
+        error_code(&reply),
+        Some(ErrorCode::NoSuchSession),
+        "{reply:?}"
+    );
+    // A new request serves the new content.
+    let new = request_segment(&mut ctl, "a.bin", 0, receive);
+    assert_eq!(new.version, after.version);
+    let (decoded, _) = receive_segment_skipping(&socket, &new);
+    let range = after.segment_range(0).unwrap();
+    assert_eq!(decoded, &new_data[range.start as usize..range.end as usize]);
+    server.shutdown();
+}
+
+/// Like `receive_segment`, ignoring packets of other (ended) sessions still in flight.
+fn receive_segment_skipping(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
+    let layout = ccfd_server::coder::snc_params_from_wire(&meta.code, meta.segment_len)
+        .validate()
+        .unwrap();
+    let mut out = vec![0u8; meta.segment_len as usize];
+    let mut decoder = snc::decoder::Decoder::new(&layout, &mut out).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut valid = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !decoder.is_complete() {
+        assert!(Instant::now() < deadline, "not decoded in time");
+        let Ok(n) = socket.recv(&mut buf) else {
+            continue;
+        };
+        let Ok((header, payload)) = DataPacket::open(&meta.key, &buf[..n]) else {
+            continue;
+        };
+        if header.session == meta.session {
+            decoder.push(payload).unwrap();
+            valid += 1;
+        }
+    }
+    drop(decoder);
+    (out, valid)
+}
