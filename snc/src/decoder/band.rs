@@ -66,6 +66,8 @@ pub(crate) struct BandDecoder<'a> {
     /// Rank at which the next hole solve is worth trying.
     next_try: u32,
     solve_tries: u32,
+    /// False in counting mode: symbols are neither stored nor computed.
+    symbols: bool,
     complete: bool,
     peak_bytes: usize,
 }
@@ -73,6 +75,17 @@ pub(crate) struct BandDecoder<'a> {
 impl<'a> BandDecoder<'a> {
     /// A decoder for `layout` (band code, `N > 0`) writing into `out` (`segment_len` bytes).
     pub(crate) fn new(layout: &Layout, kernel: Kernel, out: &'a mut [u8]) -> BandDecoder<'a> {
+        Self::build(layout, kernel, out, true)
+    }
+
+    /// A decoder that only tracks coefficients: it completes at exactly the same packet as
+    /// [`BandDecoder::new`] would (completion never depends on symbol values) but stores and
+    /// computes no symbols.
+    pub(crate) fn counting(layout: &Layout) -> BandDecoder<'static> {
+        BandDecoder::build(layout, Kernel::scalar(), &mut [], false)
+    }
+
+    fn build(layout: &Layout, kernel: Kernel, out: &'a mut [u8], symbols: bool) -> BandDecoder<'a> {
         let n = layout.column_count();
         let w = layout.window();
         let sym = layout.symbol_size();
@@ -87,7 +100,7 @@ impl<'a> BandDecoder<'a> {
             kernel,
             n,
             w,
-            slots: Slots::new(out, n, sym),
+            slots: Slots::new(out, if symbols { n } else { 0 }, sym),
             pivots: Pivots::new(n),
             rows,
             hit_start: vec![0; n as usize],
@@ -105,6 +118,7 @@ impl<'a> BandDecoder<'a> {
             rank: 0,
             next_try: n.saturating_sub(layout.check_count()),
             solve_tries: 0,
+            symbols,
             complete: false,
             peak_bytes: 0,
         };
@@ -197,7 +211,9 @@ impl<'a> BandDecoder<'a> {
             self.hit_coefs.extend_from_slice(&self.walk_coefs);
             self.inv_lead[p] = crate::field::gf256::inv(lead);
         }
-        self.slots.get_mut(pivot).copy_from_slice(symbol);
+        if self.symbols {
+            self.slots.get_mut(pivot).copy_from_slice(symbol);
+        }
         self.rank += 1;
         if self.rank >= self.next_try {
             self.try_finish();
@@ -233,7 +249,9 @@ impl<'a> BandDecoder<'a> {
             Solve::Deficient(d) => self.next_try = self.rank + d,
             Solve::Solved { holes, combos } => {
                 self.note_memory(combos.bytes() + holes.capacity() * 4);
-                self.payload_passes(&holes, &combos);
+                if self.symbols {
+                    self.payload_passes(&holes, &combos);
+                }
                 self.complete = true;
                 self.release();
             }
@@ -241,8 +259,9 @@ impl<'a> BandDecoder<'a> {
     }
 
     fn release(&mut self) {
-        let k = self.layout.source_count();
-        self.slots.finish(k);
+        if self.symbols {
+            self.slots.finish(self.layout.source_count());
+        }
         self.rows = Rows::Bits(Vec::new());
         self.pivots = Pivots::default();
         self.hit_start = Vec::new();

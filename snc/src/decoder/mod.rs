@@ -62,11 +62,12 @@ pub enum DecodeError {
 }
 
 enum Engine<'a> {
-    Band(BandDecoder<'a>),
-    /// Random grouping: the dense decoder, finished into `out` once complete.
+    Band(Box<BandDecoder<'a>>),
+    /// Random grouping: the dense decoder, finished into `out` once complete (no output in
+    /// counting mode).
     Dense {
         dec: Box<DenseDecoder>,
-        out: &'a mut [u8],
+        out: Option<&'a mut [u8]>,
     },
     /// A segment of length 0: complete from the start.
     Empty,
@@ -114,10 +115,36 @@ impl<'a> Decoder<'a> {
             Engine::Empty
         } else {
             match layout.kind() {
-                CodeKind::Band => Engine::Band(BandDecoder::new(layout, kernel, out)),
+                CodeKind::Band => Engine::Band(Box::new(BandDecoder::new(layout, kernel, out))),
                 CodeKind::Random => Engine::Dense {
                     dec: Box::new(DenseDecoder::with_kernel(layout, kernel)?),
-                    out,
+                    out: Some(out),
+                },
+            }
+        };
+        Ok(Decoder {
+            layout: layout.clone(),
+            row: CoeffRow::new(layout),
+            engine,
+            received: 0,
+            redundant: 0,
+            rejected: 0,
+        })
+    }
+
+    /// A band-code decoder that tracks coefficients only (no output, no symbol work). It
+    /// completes at exactly the same packet as a full decoder fed the same stream, because
+    /// completion depends on coefficients alone; benchmarks use it to measure overhead over
+    /// many seeds. Random grouping gets a dense decoder that skips the final write-out.
+    pub fn counting(layout: &Layout) -> Result<Decoder<'static>, DecodeError> {
+        let engine = if layout.column_count() == 0 {
+            Engine::Empty
+        } else {
+            match layout.kind() {
+                CodeKind::Band => Engine::Band(Box::new(BandDecoder::counting(layout))),
+                CodeKind::Random => Engine::Dense {
+                    dec: Box::new(DenseDecoder::new(layout)?),
+                    out: None,
                 },
             }
         };
@@ -169,7 +196,9 @@ impl<'a> Decoder<'a> {
             Engine::Dense { dec, out } => match dec.push_row(&self.row, view.symbol)? {
                 DensePush::Redundant => Progress::Redundant,
                 DensePush::Innovative if dec.is_complete() => {
-                    dec.finish(out)?;
+                    if let Some(out) = out {
+                        dec.finish(out)?;
+                    }
                     Progress::Complete
                 }
                 DensePush::Innovative => Progress::Innovative,

@@ -115,7 +115,7 @@ pub(crate) fn solve(
         };
     }
     match rows {
-        Rows::Bits(bits) => solve_bits(layout, bits, pivots, w, holes, scratch_bytes),
+        Rows::Bits(bits) => solve_bits(layout, bits, pivots, holes, scratch_bytes),
         Rows::Bytes { .. } => solve_bytes(layout, kernel, rows, pivots, w, holes, scratch_bytes),
     }
 }
@@ -124,7 +124,6 @@ fn solve_bits(
     layout: &Layout,
     rows: &[u64],
     pivots: &Pivots,
-    w: u32,
     holes: Vec<u32>,
     scratch_bytes: &mut usize,
 ) -> Solve {
@@ -132,34 +131,36 @@ fn solve_bits(
     let h = holes.len();
     let cw = c.div_ceil(64);
     let last = *holes.last().expect("non-empty");
-    // Ring of Y columns, 64 slots (w <= 64), and A by columns.
-    let mut ring = vec![0u64; 64 * cw];
+    // Scatter form: once Y_q is known it is added to the pending sums of the columns its row
+    // covers (`pending[p % 64]`, w <= 64), so column p just reads its sum. A by columns.
+    let mut pending = vec![0u64; 64 * cw];
     let mut acol = vec![0u64; h * cw];
     let mut z = vec![0u64; cw];
     let mut hi = 0usize;
     for p in 0..=last {
-        z.fill(0);
+        let slot = (p % 64) as usize * cw;
+        z.copy_from_slice(&pending[slot..slot + cw]);
+        pending[slot..slot + cw].fill(0);
         for r in checks_of(layout, p) {
             z[r as usize / 64] ^= 1 << (r % 64);
         }
-        let lo = p.saturating_sub(w - 1);
-        for q in lo..p {
-            if pivots.get(q) && (rows[q as usize] >> (p - q)) & 1 == 1 {
-                let y = &ring[(q % 64) as usize * cw..][..cw];
-                for (a, b) in z.iter_mut().zip(y) {
+        if pivots.get(p) {
+            let mut bits = rows[p as usize] & !1;
+            while bits != 0 {
+                let j = p + bits.trailing_zeros();
+                bits &= bits - 1;
+                let t = (j % 64) as usize * cw;
+                for (a, b) in pending[t..t + cw].iter_mut().zip(&z) {
                     *a ^= b;
                 }
             }
-        }
-        if pivots.get(p) {
-            ring[(p % 64) as usize * cw..][..cw].copy_from_slice(&z);
         } else {
             acol[hi * cw..][..cw].copy_from_slice(&z);
             hi += 1;
         }
     }
     debug_assert_eq!(hi, h);
-    drop(ring);
+    drop(pending);
     // Rows of [A | I]: hw words of A then cw words of identity.
     let hw = h.div_ceil(64);
     let rw = hw + cw;
@@ -182,7 +183,7 @@ fn solve_bits(
     let mut pivot_row = vec![usize::MAX; h];
     let mut rank = 0usize;
     let mut tmp = vec![0u64; rw];
-    for i in 0..h {
+    for (i, pivot) in pivot_row.iter_mut().enumerate() {
         let (wi, bit) = (i / 64, 1u64 << (i % 64));
         let Some(r) = (rank..c).find(|&r| m[r * rw + wi] & bit != 0) else {
             continue;
@@ -200,7 +201,7 @@ fn solve_bits(
                 }
             }
         }
-        pivot_row[i] = rank;
+        *pivot = rank;
         rank += 1;
     }
     if rank < h {
@@ -230,33 +231,29 @@ fn solve_bytes(
     let last = *holes.last().expect("non-empty");
     let slots = (w as usize).next_power_of_two();
     let mask = slots as u32 - 1;
-    let mut ring = vec![0u8; slots * c];
+    let mut pending = vec![0u8; slots * c];
     let mut acol = vec![0u8; h * c];
     let mut z = vec![0u8; c];
     let mut hi = 0usize;
     for p in 0..=last {
-        z.fill(0);
+        let slot = (p & mask) as usize * c;
+        z.copy_from_slice(&pending[slot..slot + c]);
+        pending[slot..slot + c].fill(0);
         for r in checks_of(layout, p) {
             z[r as usize] ^= 1;
         }
-        let lo = p.saturating_sub(w - 1);
-        for q in lo..p {
-            if pivots.get(q) {
-                let u = rows.entry(q, p);
-                if u != 0 {
-                    kernel.mul_add(&mut z, &ring[(q & mask) as usize * c..][..c], u);
-                }
-            }
-        }
         if pivots.get(p) {
-            ring[(p & mask) as usize * c..][..c].copy_from_slice(&z);
+            rows.for_each_entry(p, |j, u| {
+                let t = (j & mask) as usize * c;
+                kernel.mul_add(&mut pending[t..t + c], &z, u);
+            });
         } else {
             acol[hi * c..][..c].copy_from_slice(&z);
             hi += 1;
         }
     }
     debug_assert_eq!(hi, h);
-    drop(ring);
+    drop(pending);
     let rw = h + c;
     let mut m = vec![0u8; c * rw];
     for (i, col) in acol.chunks_exact(c).enumerate() {
@@ -272,7 +269,7 @@ fn solve_bytes(
     let mut pivot_row = vec![usize::MAX; h];
     let mut rank = 0usize;
     let mut tmp = vec![0u8; rw];
-    for i in 0..h {
+    for (i, pivot) in pivot_row.iter_mut().enumerate() {
         let Some(r) = (rank..c).find(|&r| m[r * rw + i] != 0) else {
             continue;
         };
@@ -290,7 +287,7 @@ fn solve_bytes(
                 kernel.mul_add(&mut m[r2 * rw..][..rw], &tmp, f);
             }
         }
-        pivot_row[i] = rank;
+        *pivot = rank;
         rank += 1;
     }
     if rank < h {

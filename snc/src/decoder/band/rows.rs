@@ -109,16 +109,6 @@ impl Rows {
         }
     }
 
-    /// Coefficient of row `q` at column `p` (`q <= p < q + w`); only for stored rows.
-    #[inline]
-    pub(crate) fn entry(&self, q: u32, p: u32) -> u8 {
-        let d = (p - q) as usize;
-        match self {
-            Rows::Bits(v) => (v[q as usize] >> d) as u8 & 1,
-            Rows::Bytes { w, data, .. } => data[q as usize * *w + d],
-        }
-    }
-
     /// Calls `f(column, coefficient)` for every non-zero entry of row `p` right of the pivot.
     #[inline]
     pub(crate) fn for_each_entry(&self, p: u32, mut f: impl FnMut(u32, u8)) {
