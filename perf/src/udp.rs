@@ -64,6 +64,9 @@ pub struct UdpArgs {
     /// Pace the sender to this payload rate in Gbit/s (0: as fast as possible).
     #[arg(long, default_value_t = 0.0)]
     rate_gbps: f64,
+    /// io_uring buffer-ring entries (68 KiB each) of the receiving ring (a power of two).
+    #[arg(long, default_value_t = 256)]
+    ring_buffers: u16,
     /// Receive buffer asked for on the receiving socket, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     rcvbuf: usize,
@@ -190,6 +193,7 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
     let duration = Duration::from_secs_f64(args.secs);
     let payload = args.payload;
     let rcvbuf = args.rcvbuf;
+    let ring_buffers = args.ring_buffers;
     let dst = args.dst;
     let src = args.src;
     let max = args.max_datagrams;
@@ -205,9 +209,15 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
         pin(rc);
         match mode {
             Mode::Plain => receive_plain(dst, rcvbuf, payload, &rx_shared, addr_tx),
-            Mode::Ring { backend, offload } => {
-                receive_ring(dst, rcvbuf, backend, offload, &rx_shared, addr_tx)
-            }
+            Mode::Ring { backend, offload } => receive_ring(
+                dst,
+                rcvbuf,
+                ring_buffers,
+                backend,
+                offload,
+                &rx_shared,
+                addr_tx,
+            ),
         }
     });
     let to = addr_rx
@@ -394,10 +404,10 @@ fn receive_plain(
     })
 }
 
-fn ring_config(backend: BackendChoice) -> RingConfig {
+fn ring_config(backend: BackendChoice, ring_buffers: u16) -> RingConfig {
     RingConfig::default()
         .backend(backend)
-        .recv_buffers(512, 68 * 1024)
+        .recv_buffers(ring_buffers, 68 * 1024)
         .send_buffers(64)
 }
 
@@ -411,7 +421,7 @@ fn send_ring(
     backend: BackendChoice,
     gso: bool,
 ) -> anyhow::Result<SendStats> {
-    let mut ring = Ring::new(&ring_config(backend))?;
+    let mut ring = Ring::new(&ring_config(backend, 16))?;
     let sock = ring.bind(&SocketConfig::new(src).gso(gso).receive(false))?;
     let per_buffer = ccfd_ring::max_datagrams(payload) as u64;
     let (cpu0, start) = (thread_cpu_time(), Instant::now());
@@ -469,13 +479,14 @@ fn send_ring(
 fn receive_ring(
     dst: SocketAddr,
     rcvbuf: usize,
+    ring_buffers: u16,
     backend: BackendChoice,
     gro: bool,
     shared: &Shared,
     ready: mpsc::Sender<anyhow::Result<SocketAddr>>,
 ) -> anyhow::Result<RecvStats> {
     let setup = || -> anyhow::Result<(Ring, SocketAddr)> {
-        let mut ring = Ring::new(&ring_config(backend))?;
+        let mut ring = Ring::new(&ring_config(backend, ring_buffers))?;
         let sock = ring.bind(&SocketConfig::new(dst).recv_buffer(rcvbuf).gro(gro))?;
         let addr = ring.local_addr(sock)?;
         ring.submit()?; // arm the receive before the sender starts
