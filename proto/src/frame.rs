@@ -53,6 +53,13 @@ pub const MAX_RANGES: usize = 16_384;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u32);
 
+impl SessionId {
+    /// "No session": a [`Frame::Heartbeat`] for it is a pure keep-alive (answered with a
+    /// `HeartbeatAck` for the same id); also the id of an idle link's `CoopHeartbeat` and of the
+    /// `Ack` to a `Have`. Never allocated to a session.
+    pub const NONE: SessionId = SessionId(u32::MAX);
+}
+
 /// A node's self-chosen random identity (clients and peers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub u64);

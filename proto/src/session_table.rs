@@ -35,12 +35,6 @@ pub const MAX_FILES_PER_CLIENT: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
 
-impl SessionId {
-    /// Session id of a pure keep-alive [`Frame::Heartbeat`] (no session): answered with a
-    /// `HeartbeatAck` for the same id.
-    pub const NONE: SessionId = SessionId(u32::MAX);
-}
-
 /// Limits and timers of the session table.
 #[derive(Debug, Clone)]
 pub struct TableConfig {
