@@ -7,8 +7,12 @@
 //!   of one decode (median of `--runs`);
 //! * `decode_mbps`: segment bytes per second of `Decoder::new` plus every push until complete,
 //!   over the packets that survived the loss (median of `--runs`, single thread);
-//! * `recode_mbps`: symbol bytes per second of recoded packets written by a relay buffer
-//!   holding the received packets (median of `--runs`);
+//! * `recode_mbps`: symbol bytes per second of `K` packets written by `Recoder::recode` from a
+//!   relay buffer holding every delivered packet (median of `--runs`; systematic layouts
+//!   forward their systematic packets first, which is a copy);
+//! * `*_cpu_mbps`: the same with the thread's CPU time instead of wall time (the dev machine is
+//!   shared), and `baseline_copy_mbps`: one `copy_from_slice` of the segment in the same run,
+//!   to read the others as ratios;
 //! * `overhead_mean` / `overhead_p99`: packets delivered to the decoder until complete,
 //!   divided by `K`, over `--seeds` independent streams (coded-packet seeds, schedule keys and
 //!   loss pattern all keyed by the seed). These use `Decoder::counting`, which completes at
@@ -25,6 +29,7 @@ use snc::decoder::{Decoder, Progress};
 use snc::encoder::{Encoder, PacketPlan, Stream};
 use snc::packet::{self, Header};
 use snc::prng::Prng;
+use snc::recoder::Recoder;
 use snc::{CodeParams, Field, Layout};
 use std::time::{Duration, Instant};
 
@@ -298,6 +303,8 @@ fn run_config(
     let mut dec_rates = Vec::new();
     let mut dec_cpu = Vec::new();
     let mut copy_rates = Vec::new();
+    let mut rec_rates = Vec::new();
+    let mut rec_cpu = Vec::new();
     let mut alloc = 0usize;
     let mut rss: Option<u64> = None;
     let mut out = vec![0u8; len as usize];
@@ -337,6 +344,23 @@ fn run_config(
         if out != data {
             bail!("{config}: run {run} decoded wrong data");
         }
+        // Recode: a relay holding every delivered packet writes K packets.
+        let mut relay = Recoder::new(&layout, usize::MAX);
+        for i in 0..delivered.lens.len() {
+            relay.push(&packet::parse(&layout, delivered.get(i))?)?;
+        }
+        let mut rng = Prng::new(seed ^ 0x2ec0);
+        let mut buf = vec![1u8; packet::max_len(&layout)];
+        let k = layout.source_count() as u64;
+        let (made, rwall, rcpu) = timed(|| {
+            (0..k)
+                .filter(|_| relay.recode(&mut rng, &mut buf).is_some())
+                .count()
+        });
+        let rbytes = made as u64 * args.symbol_size as u64;
+        rec_rates.push(mbps(rbytes, rwall));
+        rec_cpu.push(mbps(rbytes, rcpu));
+        drop(relay);
         dec_rates.push(mbps(len, wall));
         dec_cpu.push(mbps(len, cpu));
     }
@@ -354,8 +378,8 @@ fn run_config(
         encode_cpu_mbps: median(enc_cpu),
         decode_mbps: median(dec_rates),
         decode_cpu_mbps: median(dec_cpu),
-        recode_mbps: None,
-        recode_cpu_mbps: None,
+        recode_mbps: Some(median(rec_rates)),
+        recode_cpu_mbps: Some(median(rec_cpu)),
         baseline_copy_mbps: median(copy_rates),
         solve_attempts_mean: attempts as f64 / args.seeds.max(1) as f64,
         overhead_mean,
