@@ -324,7 +324,9 @@ impl<'a> Encoder<'a> {
                 PacketPlan::Systematic { index } => (0u8, index),
                 PacketPlan::Coded { subgen, .. } => (1u8, subgen),
             };
-            order.sort_unstable_by_key(|&i| key(&chunk[i as usize]));
+            if !order.is_sorted_by_key(|&i| key(&chunk[i as usize])) {
+                order.sort_unstable_by_key(|&i| key(&chunk[i as usize]));
+            }
             for &i in order.iter() {
                 let at = (c * CHUNK + i as usize) * slot;
                 self.write(&chunk[i as usize], &mut out[at..at + slot])?;

@@ -38,7 +38,7 @@ proptest! {
         let vlen = packet::vector_len(&l);
         let mut vector = vec![0u8; vlen];
         snc::prng::Prng::new(vector_seed).fill_bytes(&mut vector);
-        if field == Field::Gf2 && l.window() % 8 != 0 {
+        if field == Field::Gf2 && !l.window().is_multiple_of(8) {
             // Unused high bits of the last byte must be zero.
             vector[vlen - 1] &= (1u8 << (l.window() % 8)) - 1;
         }
