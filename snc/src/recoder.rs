@@ -200,6 +200,12 @@ impl Recoder {
         self.next_stamp += 1;
         self.stamp[slot as usize] = stamp;
         self.arrivals.push_back((slot, stamp));
+        if self.arrivals.len() > 2 * self.capacity + 16 {
+            // Replacements inside a subgeneration leave stale entries: drop them.
+            let (owner, stamps) = (&self.owner, &self.stamp);
+            self.arrivals
+                .retain(|&(sl, st)| owner[sl as usize] != Owner::Free && stamps[sl as usize] == st);
+        }
         self.used += 1;
         match owner {
             Owner::Subgen(g) => {
@@ -215,6 +221,9 @@ impl Recoder {
             Owner::Systematic(index) => {
                 self.systematic.insert(index, slot);
                 if self.forward_systematic {
+                    if self.forward_queue.len() >= self.capacity {
+                        self.forward_queue.pop_front();
+                    }
                     self.forward_queue.push_back(index);
                 }
                 let gs: Vec<u32> = self.layout.subgens_containing(index).collect();
@@ -541,6 +550,22 @@ mod tests {
         assert_eq!(r.capacity(), 50);
         assert_eq!(r.len(), 50);
         assert!(r.memory_bytes() <= 2 * 50 * 108);
+    }
+
+    #[test]
+    fn replacements_do_not_grow_bookkeeping() {
+        let l = CodeParams::new(1000).symbol_size(100).validate().unwrap();
+        let data = vec![1u8; 1000];
+        let e = Encoder::new(&l, &data).unwrap();
+        let mut r = Recoder::new(&l, 100 * 1000);
+        let mut s = Stream::new(1);
+        let mut buf = vec![0u8; packet::max_len(&l)];
+        for _ in 0..5000 {
+            let n = e.write_next(&mut s, &mut buf).unwrap();
+            r.push(&packet::parse(&l, &buf[..n]).unwrap()).unwrap();
+        }
+        assert_eq!(r.len(), l.window() as usize);
+        assert!(r.arrivals.len() <= 2 * r.capacity() + 16);
     }
 
     #[test]
