@@ -9,12 +9,22 @@ use clap::{Parser, Subcommand};
 /// Default TCP control port of a ccfd server.
 pub const DEFAULT_SERVER_PORT: u16 = 7653;
 
+/// The exit-code table printed under `--help`.
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 success, 1 other error, 2 bad command line, \
+3 unknown file (or name refused by the server), 4 server unreachable, 5 output not writable, \
+6 disk full, 7 integrity failure.";
+
 /// ccfd-client: fetch a file from a ccfd server as coded UDP packets.
 ///
 /// Exit codes: 0 success, 1 other error, 2 bad command line, 3 unknown file (or name refused by the
 /// server), 4 server unreachable, 5 output not writable, 6 disk full, 7 integrity failure.
 #[derive(Debug, Parser)]
-#[command(name = "ccfd-client", version, about, long_about = None)]
+#[command(
+    name = "ccfd-client",
+    version,
+    about = "Fetch a file from a ccfd server as coded UDP packets",
+    after_help = EXIT_CODES_HELP
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -25,8 +35,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Download one file into PATH (resuming from PATH.part if an earlier run was interrupted).
+    #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
     /// List the files the server offers.
+    #[command(after_help = EXIT_CODES_HELP)]
     List(ListArgs),
 }
 

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ccfd_proto::{DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta};
 use ccfd_ring::{Ring, SocketId};
@@ -264,6 +264,8 @@ fn receive(
     let mut seq_max: u32 = 0;
     let mut dropped_here: u64 = 0;
     let mut complete = decoder.is_complete();
+    let started = Instant::now();
+    let mut last_push = Duration::ZERO;
     while !complete {
         match ctx.commands.try_recv() {
             Ok(DecoderCommand::Stop { session: s, .. }) if s == session.session => {
@@ -324,6 +326,7 @@ fn receive(
                         Counters::add(&counters.dropped_stale, 1);
                         return;
                     }
+                    let push_started = Instant::now();
                     match decoder.push(payload) {
                         Err(_) => {
                             Counters::add(&counters.dropped_malformed, 1);
@@ -332,7 +335,10 @@ fn receive(
                         }
                         Ok(Progress::Redundant) => Counters::add(&counters.packets_redundant, 1),
                         Ok(Progress::Innovative) => {}
-                        Ok(Progress::Complete) => complete = true,
+                        Ok(Progress::Complete) => {
+                            complete = true;
+                            last_push = push_started.elapsed();
+                        }
                     }
                     Counters::add(&counters.packets_accepted, 1);
                     let origin_bytes = match header.origin {
@@ -373,6 +379,14 @@ fn receive(
         u64::from(layout.source_count()),
     );
     Counters::add(&counters.packets_used_by_decoded, decoder.received());
+    tracing::debug!(
+        segment = session.segment,
+        session = session.session.0,
+        packets = decoder.received(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        final_push_ms = last_push.as_millis() as u64,
+        "segment decoded"
+    );
     live.rank.store(decoder.rank(), Ordering::Relaxed);
     Ok(Outcome::Decoded)
 }
