@@ -86,7 +86,7 @@ fn send_segment(
             DataPacket::seal(&meta.key, &header, &payload[..len], &mut packet);
             let _ = socket.send_to(&packet, to);
             sent += 1;
-            if sent % 32 == 0 {
+            if sent & 31 == 0 {
                 std::thread::sleep(Duration::from_micros(300));
             }
         }

@@ -208,7 +208,7 @@ fn server_killed_and_restarted_mid_transfer_client_completes() {
 
 /// A datagram that is not a data packet at all (wrong version byte or too short).
 fn garbage(i: usize) -> Vec<u8> {
-    let len = i % 40 + if i % 2 == 0 { 0 } else { 1300 };
+    let len = i % 40 + if i & 1 == 0 { 0 } else { 1300 };
     let mut bytes = content(&format!("garbage {i}"), len);
     if let Some(first) = bytes.first_mut() {
         *first = 0xEE; // never the protocol version
