@@ -27,7 +27,7 @@
 //! field = "gf2"          # or "gf256"
 //! subgen-size = 64
 //! stride = 16
-//! systematic = false
+//! systematic = true
 //! # checks = 300         # default: the codec's rule (about 1% of the source packets)
 //!
 //! [pacing]
@@ -274,7 +274,9 @@ impl Default for CodingSettings {
             subgen_size: snc::params::DEFAULT_SUBGEN_SIZE,
             stride: snc::params::DEFAULT_STRIDE,
             checks: None,
-            systematic: false,
+            // Source symbols first: on a clean path the receiver decodes from copies (no XOR work, no
+            // overhead); coded packets repair losses after the first K.
+            systematic: true,
         }
     }
 }

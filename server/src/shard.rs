@@ -273,6 +273,8 @@ struct ShardSession {
     socket: SocketId,
     coder: SessionCoder,
     receivers: Vec<ShardReceiver>,
+    started_ns: u64,
+    packets: u64,
 }
 
 enum BatchOutcome {
@@ -410,6 +412,12 @@ impl ShardLoop {
                     let dgram = max_datagram_len(&s.coder);
                     if let Some(r) = s.receivers.iter_mut().find(|r| r.client == client) {
                         r.bucket.set_rate(rate_bps, dgram, now);
+                        tracing::debug!(
+                            session = session.0,
+                            client = client.0,
+                            rate_bps,
+                            "rate set"
+                        );
                     }
                 }
             }
@@ -418,6 +426,14 @@ impl ShardLoop {
                     let before = s.receivers.len();
                     s.receivers.retain(|r| r.client != client);
                     let removed = (before - s.receivers.len()) as u64;
+                    let elapsed_ms = now.saturating_sub(s.started_ns) / 1_000_000;
+                    tracing::debug!(
+                        session = session.0,
+                        client = client.0,
+                        packets = s.packets,
+                        elapsed_ms,
+                        "receiver removed"
+                    );
                     self.stats
                         .live_receivers
                         .fetch_sub(removed, Ordering::Relaxed);
@@ -474,6 +490,8 @@ impl ShardLoop {
                 socket,
                 coder,
                 receivers: Vec::new(),
+                started_ns: self.now_ns(),
+                packets: 0,
             },
         );
     }
@@ -487,7 +505,13 @@ impl ShardLoop {
             if let Err(error) = self.ring.close(s.socket) {
                 tracing::warn!(session = session.0, %error, "closing session socket");
             }
-            tracing::info!(session = session.0, "session ended");
+            let elapsed_ms = (self.now_ns() - s.started_ns) / 1_000_000;
+            tracing::info!(
+                session = session.0,
+                packets = s.packets,
+                elapsed_ms,
+                "session ended"
+            );
         }
     }
 
@@ -624,6 +648,7 @@ fn send_batch(
     buffer.queue();
     let bytes = sent * dgram;
     receiver.bucket.consume(bytes);
+    session.packets += sent as u64;
     stats.packets.fetch_add(sent as u64, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);

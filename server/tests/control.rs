@@ -289,10 +289,24 @@ fn receive_segment(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
 
 #[test]
 fn raw_udp_receiver_gets_mac_valid_packets_that_decode() {
+    raw_udp_receiver("127.0.0.54", "127.0.0.55", 3, true);
+}
+
+#[test]
+fn raw_udp_receiver_decodes_non_systematic_gf256_streams() {
+    raw_udp_receiver("127.0.0.66", "127.0.0.67", 8, false);
+}
+
+fn raw_udp_receiver(server_ip: &str, receiver_ip: &str, port_offset: u16, systematic: bool) {
     let dir = root_dir();
-    let server = start(dir.path(), "127.0.0.54", udp_base(3), |_| {});
+    let server = start(dir.path(), server_ip, udp_base(port_offset), |s| {
+        s.coding.systematic = systematic;
+        if !systematic {
+            s.coding.field = ccfd_server::config::FieldSetting::Gf256;
+        }
+    });
     let data = patterned(300_000, 7);
-    let socket = UdpSocket::bind("127.0.0.55:0").unwrap();
+    let socket = UdpSocket::bind(format!("{receiver_ip}:0")).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -302,7 +316,11 @@ fn raw_udp_receiver_gets_mac_valid_packets_that_decode() {
     let file = ctl.meta("a.bin").unwrap();
     for segment in [1u32, 2] {
         let meta = request_segment(&mut ctl, "a.bin", segment, receive);
-        assert_eq!(meta.data_port, udp_base(3) + meta.session.0 as u16);
+        assert_eq!(
+            meta.data_port,
+            udp_base(port_offset) + meta.session.0 as u16
+        );
+        assert_eq!(meta.code.systematic, systematic);
         assert_eq!(meta.version, file.version);
         let (decoded, valid) = receive_segment(&socket, &meta);
         let range = file.segment_range(segment).unwrap();
