@@ -321,6 +321,8 @@ struct Report {
     t_min_seconds: Option<f64>,
     slowest_seconds: Option<f64>,
     slowest_to_t_min: Option<f64>,
+    /// Datagrams dropped by the lab's loss rules (nftables counters), with `--loss`.
+    wire_drops: Option<u64>,
     timeout_seconds: f64,
     still_running_at_timeout: Vec<String>,
     per_client: Vec<ClientRow>,
@@ -760,6 +762,12 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     }
     server.collect_stdout();
 
+    let wire_drops = match &net {
+        Net::Lab(lab) if args.loss.is_some_and(|l| l > 0.0) => {
+            lab.loss_counters().ok().map(|c| c.values().sum())
+        }
+        _ => None,
+    };
     let t_min = args
         .rate
         .map(|rate| t_min_seconds(file_bytes, clients, rate));
@@ -784,6 +792,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         t_min_seconds: t_min,
         slowest_seconds: slowest,
         slowest_to_t_min: slowest.zip(t_min).map(|(s, t)| s / t),
+        wire_drops,
         timeout_seconds: args.timeout.as_secs_f64(),
         still_running_at_timeout: still_running,
         per_client: rows,
@@ -909,6 +918,9 @@ fn print_table(report: &Report) {
         );
     } else if report.loss_pct.is_some() {
         println!("T_min: not defined without --rate (no rate limit)");
+    }
+    if let Some(drops) = report.wire_drops {
+        println!("datagrams dropped on the wire by the lab's loss rules: {drops}");
     }
     if !report.ok {
         println!("FAILED: {}", report.failures.join("; "));

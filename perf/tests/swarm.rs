@@ -9,7 +9,9 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ccfd_perf::lab::{Lab, LabConfig, LabError};
 use serde_json::Value;
@@ -17,6 +19,27 @@ use serde_json::Value;
 /// Prints a message that `cargo test` does not capture.
 fn say(message: &str) {
     let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+/// The lab-backed tests share the lab name `ccfdswarm`: they take turns.
+static LAB_TURN: Mutex<()> = Mutex::new(());
+
+/// Whether the lab can run here; otherwise says why (uncaptured) so the skip is never silent.
+fn lab_runnable(test: &str) -> bool {
+    let probe = LabConfig {
+        rate_bps: Some(200_000_000),
+        ..LabConfig::new("ccfdswarm", 2)
+    };
+    match Lab::check(&probe) {
+        Ok(()) => true,
+        Err(error @ (LabError::NotRoot | LabError::MissingTool { .. })) => {
+            say(&format!(
+                "{test}: CANNOT RUN on this machine and was not executed: {error}"
+            ));
+            false
+        }
+        Err(error) => panic!("lab prerequisites: {error}"),
+    }
 }
 
 fn perf_exe() -> PathBuf {
@@ -180,20 +203,10 @@ fn a_client_asking_for_a_missing_file_fails_the_run_with_the_reason() {
 
 #[test]
 fn lab_run_reports_t_min() {
-    let probe = LabConfig {
-        rate_bps: Some(200_000_000),
-        ..LabConfig::new("ccfdswarm", 2)
-    };
-    match Lab::check(&probe) {
-        Ok(()) => {}
-        Err(error @ (LabError::NotRoot | LabError::MissingTool { .. })) => {
-            say(&format!(
-                "swarm lab test CANNOT RUN on this machine and was not executed: {error}"
-            ));
-            return;
-        }
-        Err(error) => panic!("lab prerequisites: {error}"),
+    if !lab_runnable("swarm lab test") {
+        return;
     }
+    let _turn = LAB_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let output = swarm(
         tmp.path(),
@@ -225,6 +238,63 @@ fn lab_run_reports_t_min() {
     assert!(
         Lab::existing_namespaces("ccfdswarm").unwrap().is_empty(),
         "lab namespaces left behind"
+    );
+    assert_clean(tmp.path());
+}
+
+#[test]
+fn sigterm_during_a_lab_run_tears_everything_down() {
+    if !lab_runnable("swarm SIGTERM test") {
+        return;
+    }
+    require_binaries();
+    let _turn = LAB_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // 64 MiB at 50 Mbit/s takes over 10 s: the signal arrives mid-transfer.
+    let mut child = Command::new(perf_exe())
+        .args([
+            "swarm",
+            "--rate",
+            "50mbit",
+            "--size",
+            "64MiB",
+            "--clients",
+            "2",
+        ])
+        .args(["--timeout", "60s"])
+        .env("TMPDIR", tmp.path())
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ccfd-perf swarm");
+    let up_by = Instant::now() + Duration::from_secs(30);
+    while Lab::existing_namespaces("ccfdswarm").unwrap().len() < 4 {
+        assert!(Instant::now() < up_by, "the lab never came up");
+        assert!(child.try_wait().unwrap().is_none(), "swarm exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+    let done_by = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= done_by {
+            let _ = child.kill();
+            panic!("swarm did not exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "an interrupted run is a failure");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        Lab::existing_namespaces("ccfdswarm").unwrap().is_empty(),
+        "lab namespaces left behind after SIGTERM"
     );
     assert_clean(tmp.path());
 }
