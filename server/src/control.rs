@@ -30,6 +30,8 @@ use crate::config::CodingSettings;
 use crate::notify::Watchdog;
 use crate::shard::{session_bind_addr, ShardMsg, ShardSender};
 
+/// How often the counters are logged (when they moved).
+const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often cached files are checked for changes.
 const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest sleep of the timer task.
@@ -72,6 +74,8 @@ pub struct ControlSetup {
     pub stats: Arc<ControlStats>,
     /// Notified to stop.
     pub shutdown: Arc<tokio::sync::Notify>,
+    /// The shards' counters (logged periodically).
+    pub shard_stats: Vec<Arc<crate::shard::ShardStats>>,
 }
 
 struct State {
@@ -380,6 +384,7 @@ async fn serve(setup: ControlSetup) -> std::io::Result<()> {
         Arc::clone(&setup.watchdog),
         setup.watchdog_index,
     ));
+    let stats_log = tokio::task::spawn_local(stats_task(setup.shard_stats.clone()));
     let mut next_client = 1u64;
     let result = loop {
         tokio::select! {
@@ -402,6 +407,7 @@ async fn serve(setup: ControlSetup) -> std::io::Result<()> {
         }
     };
     timer.abort();
+    stats_log.abort();
     // Close every connection; their tasks end at their next poll.
     let closers: Vec<_> = state.borrow_mut().closers.drain().collect();
     for (_, closer) in closers {
@@ -446,6 +452,33 @@ async fn timer_task(state: Rc<RefCell<State>>, watchdog: Arc<Watchdog>, index: u
             .min(TIMER_MAX_SLEEP)
             .min(watchdog.max_sleep());
         tokio::time::sleep(sleep).await;
+    }
+}
+
+/// Logs the shards' send counters every [`STATS_LOG_INTERVAL`] while they move.
+async fn stats_task(shards: Vec<Arc<crate::shard::ShardStats>>) {
+    let mut last = (0u64, 0u64);
+    loop {
+        tokio::time::sleep(STATS_LOG_INTERVAL).await;
+        let sum = |f: fn(&crate::shard::ShardStats) -> &AtomicU64| -> u64 {
+            shards.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+        };
+        let packets = sum(|s| &s.packets);
+        let bytes = sum(|s| &s.bytes);
+        if (packets, bytes) != last {
+            let rate_bps = (bytes - last.1) * 8 / STATS_LOG_INTERVAL.as_secs();
+            tracing::info!(
+                packets,
+                bytes,
+                rate_bps,
+                batches = sum(|s| &s.batches),
+                sessions = sum(|s| &s.live_sessions),
+                receivers = sum(|s| &s.live_receivers),
+                send_errors = sum(|s| &s.send_errors),
+                "data plane"
+            );
+            last = (packets, bytes);
+        }
     }
 }
 

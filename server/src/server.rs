@@ -192,6 +192,7 @@ impl Server {
             watchdog_index: settings.shards,
             stats: Arc::clone(&control_stats),
             shutdown: Arc::clone(&control_stop),
+            shard_stats: shards.iter().map(|s| Arc::clone(s.stats())).collect(),
         };
         let control = std::thread::Builder::new()
             .name("ccfd-control".into())
