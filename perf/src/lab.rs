@@ -348,7 +348,7 @@ pub fn interrupted() -> bool {
 
 /// Installs (once per process) a SIGINT/SIGTERM handler thread. On the first signal it sets
 /// [`interrupted`] and gives the program [`SIGNAL_GRACE`] to clean up; labs still up after that
-/// (or at a second signal) are torn down by the handler, which then exits with status 130.
+/// (or at once on a second signal) are torn down by the handler, which then exits with status 130.
 pub fn install_signal_teardown() -> std::io::Result<()> {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     if INSTALLED.get().is_some() {
@@ -362,32 +362,41 @@ pub fn install_signal_teardown() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lab-signals".into())
         .spawn(move || {
-            let mut forever = signals.forever();
-            if forever.next().is_none() {
-                return;
-            }
-            INTERRUPTED.store(true, Ordering::SeqCst);
-            let deadline = Instant::now() + SIGNAL_GRACE;
-            loop {
-                let idle = active_labs().lock().map(|l| l.is_empty()).unwrap_or(true);
-                if idle {
-                    // The program cleaned up; it exits by itself.
-                    return;
+            for (count, _) in signals.forever().enumerate() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                if count > 0 {
+                    // A second signal: the user wants out now.
+                    teardown_active_labs_and_exit();
                 }
-                if Instant::now() >= deadline || signals.pending().next().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+                // The program polls `interrupted()` and cleans up; if labs are still up after
+                // the grace period, tear them down here.
+                let _ = std::thread::Builder::new()
+                    .name("lab-grace".into())
+                    .spawn(|| {
+                        let deadline = Instant::now() + SIGNAL_GRACE;
+                        while Instant::now() < deadline {
+                            let idle = active_labs().lock().map(|l| l.is_empty()).unwrap_or(true);
+                            if idle {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        teardown_active_labs_and_exit();
+                    });
             }
-            let names: Vec<String> = active_labs().lock().map(|l| l.clone()).unwrap_or_default();
-            for name in names {
-                if let Err(error) = Lab::down(&name) {
-                    eprintln!("lab {name}: teardown after signal failed: {error}");
-                }
-            }
-            std::process::exit(130);
         })?;
     Ok(())
+}
+
+/// Tears down every lab this process has up, then exits with status 130.
+fn teardown_active_labs_and_exit() -> ! {
+    let names: Vec<String> = active_labs().lock().map(|l| l.clone()).unwrap_or_default();
+    for name in names {
+        if let Err(error) = Lab::down(&name) {
+            eprintln!("lab {name}: teardown after signal failed: {error}");
+        }
+    }
+    std::process::exit(130);
 }
 
 /// A lab that is up; dropping it tears it down.
