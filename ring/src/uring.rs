@@ -37,7 +37,15 @@ fn recv_user_data(index: u32) -> u64 {
     (KIND_RECV << KIND_SHIFT) | u64::from(index)
 }
 
+/// Buffers the kernel may use at first; doubled each time a multishot receive runs dry.
+const INITIAL_AVAILABLE: u32 = 32;
+
 /// The registered ring of receive buffers.
+///
+/// Only `target` buffers are offered to the kernel at a time; the others wait on a LIFO stack,
+/// so the buffers in use stay few and cache-warm (cycling through all of a large ring made each
+/// received byte a cache miss). `target` doubles, up to the whole ring, whenever a multishot
+/// receive ends for lack of buffers.
 struct BufRing {
     /// Ring entries (page aligned); `None` once leaked.
     entries: Option<Region>,
@@ -46,11 +54,18 @@ struct BufRing {
     buffers: Option<Region>,
     buffers_base: *mut u8,
     buf_size: usize,
+    count: u16,
     mask: u16,
     /// Tail last published to the kernel.
     tail: u16,
-    /// Buffers recycled since then (published by `publish`).
+    /// Entries written since then (published by `publish`).
     pending: u16,
+    /// Buffers we own that are not in the ring, most recently used last.
+    free: Vec<u16>,
+    /// Published entries the kernel has not consumed yet.
+    available: u32,
+    /// How many entries to keep available.
+    target: u32,
     registered: bool,
 }
 
@@ -66,9 +81,13 @@ impl BufRing {
             entries: Some(entries),
             buffers: Some(buffers),
             buf_size,
+            count,
             mask: count - 1,
             tail: 0,
             pending: 0,
+            free: (0..count).rev().collect(),
+            available: 0,
+            target: INITIAL_AVAILABLE.min(u32::from(count)),
             registered: false,
         };
         // SAFETY: the entry array is page aligned, `count` entries long, and lives (never moved)
@@ -79,29 +98,48 @@ impl BufRing {
         }
         .map_err(|e| format!("register buffer ring: {e}"))?;
         this.registered = true;
-        for bid in 0..count {
-            this.recycle(bid);
-        }
         this.publish();
         Ok(this)
     }
 
-    /// Puts buffer `bid` back (visible to the kernel after `publish`).
+    /// The kernel used one published entry (a CQE carried its buffer).
+    fn consumed(&mut self) {
+        self.available = self.available.saturating_sub(1);
+    }
+
+    /// Gives buffer `bid` back (offered to the kernel again by `publish` when needed).
     fn recycle(&mut self, bid: u16) {
+        self.free.push(bid);
+    }
+
+    /// A multishot receive ran out of buffers: offer more from now on.
+    fn grow(&mut self) {
+        self.target = (self.target * 2).min(u32::from(self.count));
+    }
+
+    /// Writes the entry for `bid` after the pending ones.
+    fn offer(&mut self, bid: u16) {
         let idx = self.tail.wrapping_add(self.pending) & self.mask;
         // SAFETY: idx <= mask < count, inside the entry array; the kernel only reads entries
-        // between its head and the published tail, and this one is beyond the published tail.
-        // The setters leave the `resv` field (the tail, in entry 0) untouched.
+        // between its head and the published tail, and this one is beyond the published tail
+        // (at most `count` entries are ever published and unconsumed). The setters leave the
+        // `resv` field (the tail, in entry 0) untouched.
         let entry = unsafe { &mut *self.entries_base.add(usize::from(idx)) };
         // SAFETY: bid < count, so the offset is inside the buffer region.
         entry.set_addr(unsafe { self.buffers_base.add(usize::from(bid) * self.buf_size) } as u64);
         entry.set_len(self.buf_size as u32);
         entry.set_bid(bid);
         self.pending += 1;
+        self.available += 1;
     }
 
-    /// Publishes recycled buffers with one tail store.
+    /// Tops the available entries up to `target` (hottest buffers first) and publishes them
+    /// with one tail store.
     fn publish(&mut self) {
+        while self.available < self.target {
+            let Some(bid) = self.free.pop() else { break };
+            self.offer(bid);
+        }
         if self.pending == 0 {
             return;
         }
@@ -556,9 +594,13 @@ impl UringBackend {
         let more = cqueue::more(flags);
         let mut delivered = 0;
         let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.bufs.consumed();
+        }
         if result < 0 {
             if -result == libc::ENOBUFS {
                 core.counters.recv_buffer_exhausted += 1;
+                self.bufs.grow();
             } else if -result != libc::ECANCELED {
                 core.counters.recv_errors += 1;
                 if core.log.should_log(LogKind::Receive) {
@@ -666,6 +708,7 @@ impl UringBackend {
                     KIND_SEND => self.on_send(core, index, cqe.result()),
                     KIND_RECV => {
                         if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                            self.bufs.consumed();
                             self.bufs.recycle(bid);
                         }
                         if !cqueue::more(cqe.flags()) {

@@ -583,3 +583,46 @@ fn ipv6_loopback_works_too() {
         ));
     }
 }
+
+/// A burst larger than the buffers offered to the kernel: the multishot receive runs dry
+/// (ENOBUFS, no F_MORE), is re-armed with more buffers, and nothing is lost.
+#[test]
+fn multishot_receive_is_rearmed_after_running_dry() {
+    for (k, backend) in BACKENDS.into_iter().enumerate() {
+        let (Some(mut tx), Some(mut rx)) = (ring(backend), ring(backend)) else {
+            continue;
+        };
+        let net = 30 + k as u8;
+        let src = tx.bind(&SocketConfig::new(addr(net, 1))).unwrap();
+        // No GRO: every datagram is its own message and takes one receive buffer.
+        let dst = rx
+            .bind(&SocketConfig::new(addr(net, 2)).gro(false))
+            .unwrap();
+        let dst_addr = rx.local_addr(dst).unwrap();
+        // Arm the receive, then queue 600 datagrams in the socket before the ring looks.
+        rx.submit().unwrap();
+        let mut seq = 0;
+        for _ in 0..15 {
+            let mut buf = tx.send_buffer(src, dst_addr, 200).unwrap();
+            for _ in 0..40 {
+                buf.push_with(|b| {
+                    fill(b, seq);
+                    b.len()
+                })
+                .unwrap();
+                seq += 1;
+            }
+            buf.queue();
+        }
+        tx.submit().unwrap();
+        let got = receive(&mut rx, Some(&mut tx), seq as usize);
+        assert_eq!(got.len(), seq as usize, "{backend:?}");
+        let c = rx.counters();
+        assert_eq!(c.recv_ops, 600, "{backend:?}: {c:?}");
+        if backend == BackendChoice::Uring {
+            assert!(c.recv_buffer_exhausted >= 1, "{c:?}");
+            assert!(c.recv_rearms >= 1, "{c:?}");
+        }
+        assert_eq!(c.kernel_queue_drops, 0);
+    }
+}
