@@ -64,6 +64,9 @@ pub struct CodecArgs {
     /// Symbol size in bytes.
     #[arg(long, default_value_t = 1280)]
     symbol_size: u32,
+    /// Precode check count (default: the layout's rule, `snc::layout::default_checks`).
+    #[arg(long)]
+    checks: Option<u32>,
 }
 
 /// One output line.
@@ -267,6 +270,7 @@ fn run_config(
         .symbol_size(args.symbol_size)
         .field(field)
         .systematic(systematic)
+        .checks(args.checks)
         .validate()?;
     if layout.source_count() == 0 {
         bail!("segment size must be positive");
