@@ -280,6 +280,7 @@ pub struct Catalog {
     root: PathBuf,
     coding: CodingSettings,
     cache: Mutex<HashMap<PathBuf, Arc<ServedFile>>>,
+    loading: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
     next_generation: AtomicU64,
 }
 
@@ -300,6 +301,7 @@ impl Catalog {
             root: canonical,
             coding,
             cache: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
         })
     }
@@ -376,6 +378,24 @@ impl Catalog {
                 return Ok(Lookup {
                     file: Arc::clone(file),
                     replaced: None,
+                });
+            }
+        }
+        // One load per path at a time: concurrent first requests wait for it instead of hashing again.
+        let gate = Arc::clone(
+            self.loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(path.clone())
+                .or_default(),
+        );
+        let _loading = gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = self.lock_cache().get(&path) {
+            if file.identity == identity {
+                let replaced = cached.filter(|old| old.identity != identity);
+                return Ok(Lookup {
+                    file: Arc::clone(file),
+                    replaced,
                 });
             }
         }

@@ -586,9 +586,12 @@ fn send_batch(
     let payload_len = encoder.packet_len(&first);
     let dgram = DataPacket::sealed_len(payload_len);
     let max = max_datagrams(dgram).min(ccfd_ring::MAX_SEGMENTS);
+    // Wait for a full batch (64 datagrams, or the whole burst at low rates): fewer, larger GSO sends
+    // cost far less CPU than a trickle of one-datagram sends, and the burst stays within the window.
+    let target = max.min((receiver.bucket.burst_bytes() / dgram).max(1));
     let n = batch_datagrams(&mut receiver.bucket, now, dgram, max);
-    if n == 0 {
-        return BatchOutcome::Wait(receiver.bucket.wait_ns(now, dgram).max(1));
+    if n < target {
+        return BatchOutcome::Wait(receiver.bucket.wait_ns(now, target * dgram).max(1));
     }
     if let Some(limiter) = egress {
         if let Err(wait) = limiter.try_acquire(now, n * dgram) {

@@ -186,3 +186,18 @@ fn root_must_be_a_directory() {
         Err(CatalogError::Root { .. })
     ));
 }
+
+#[test]
+fn concurrent_first_lookups_hash_once() {
+    let (_dir, catalog) = setup();
+    let generations: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| catalog.lookup("a.bin").unwrap().file.generation))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        generations.iter().all(|g| *g == generations[0]),
+        "{generations:?}"
+    );
+}
