@@ -1,6 +1,8 @@
 //! The partial output `PATH.part`: preallocated, mapped `MAP_SHARED` read-write so the decoder writes each
 //! segment in place, and on success flushed, fsynced and renamed to `PATH` (with the directory fsynced).
 //!
+//! The `.part` file is locked (`flock`, exclusive) while open, so two clients never write one output.
+//!
 //! Order of calls: [`PartFile::open`] (fresh or resuming), then any number of [`PartFile::segment_mut`] /
 //! [`PartFile::segment`] / [`PartFile::flush_segment`], then [`PartFile::finish`]. Space is reserved with
 //! `fallocate` up front, so a full disk is reported at open (as `ENOSPC` naming the path) instead of as a
@@ -69,6 +71,17 @@ impl PartFile {
             .truncate(false)
             .open(&part)
             .map_err(|e| ClientError::output("create", &part, e))?;
+        // One client per output: a second one on the same path would corrupt both downloads.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |e| {
+                let source = if e == rustix::io::Errno::WOULDBLOCK {
+                    io::Error::new(io::ErrorKind::ResourceBusy, "in use by another ccfd-client")
+                } else {
+                    io::Error::from_raw_os_error(e.raw_os_error())
+                };
+                ClientError::output("lock", &part, source)
+            },
+        )?;
         if !resume {
             file.set_len(0)
                 .map_err(|e| ClientError::output("truncate", &part, e))?;
@@ -204,6 +217,18 @@ mod tests {
         drop(part);
         let part = PartFile::open(&out, 4096, false).unwrap();
         assert!(part.segment(0..4096).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_second_writer_on_the_same_output_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("shared");
+        let first = PartFile::open(&out, 100, false).unwrap();
+        let err = PartFile::open(&out, 100, true).unwrap_err();
+        assert_eq!(err.exit_code(), crate::exit::ExitCode::OutputNotWritable);
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(first);
+        PartFile::open(&out, 100, true).unwrap();
     }
 
     #[test]
