@@ -117,9 +117,9 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 fn size_name(len: u64) -> String {
-    if len % (1 << 20) == 0 {
+    if len.is_multiple_of(1 << 20) {
         format!("{}MiB", len >> 20)
-    } else if len % (1 << 10) == 0 {
+    } else if len.is_multiple_of(1 << 10) {
         format!("{}KiB", len >> 10)
     } else {
         format!("{len}B")
