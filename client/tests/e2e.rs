@@ -441,3 +441,39 @@ fn refused_names_and_local_failures_have_distinct_exit_codes() {
         run.stderr
     );
 }
+
+#[test]
+fn resume_record_of_an_older_file_version_is_discarded() {
+    let scratch = Scratch::new();
+    make_file(&scratch.root(), "v.bin", 8 << 20);
+    let server = Server::start(
+        "127.77.8.1",
+        &scratch.root(),
+        scratch.work(),
+        SMALL_SEGMENTS,
+        &["--max-rate", "40mbit"],
+    );
+    let out = scratch.out("v.bin");
+    let args = get_args("v.bin", server.addr, &out, "127.77.8.10");
+    let (mut first, _, _) = spawn_client(&strs(&args), scratch.work(), "old");
+    let done = wait_for_segments(&out, 2, Duration::from_secs(30));
+    first.kill();
+    assert!(
+        done < 8,
+        "the first client finished before it could be killed"
+    );
+
+    // New content under the same name (and a different size, so the server sees the change at once).
+    let data = content("v.bin version 2", (8 << 20) + 4096);
+    std::fs::write(scratch.root().join("v.bin"), &data).unwrap();
+    let run = run_client(&strs(&args), scratch.work(), "new", Duration::from_secs(60));
+    run.assert_success();
+    assert_eq!(
+        digest_of(&out),
+        blake3::hash(&data),
+        "resumed old segments into the new version"
+    );
+    let summary = run.summary();
+    assert_eq!(summary.segments_resumed, 0, "{summary:?}");
+    assert_eq!(summary.bytes, data.len() as u64);
+}
