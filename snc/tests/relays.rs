@@ -75,7 +75,7 @@ fn run(l: &Line) {
         .map(|_| Recoder::new(&layout, limit))
         .collect();
     let mut rngs: Vec<Prng> = (0..relays.len())
-        .map(|i| Prng::new(l.seed ^ (i as u64 + 1) * 0x9E37))
+        .map(|i| Prng::new(l.seed ^ ((i as u64 + 1) * 0x9E37)))
         .collect();
     let mut losses: Vec<Prng> = (0..l.loss.len())
         .map(|i| Prng::new(l.seed.rotate_left(i as u32 + 7)))
