@@ -12,8 +12,14 @@
 //!   cooperation shard.
 //!
 //! [`get`] ties them together, [`control`] and [`connection`] are the control side, [`receiver`] the
-//! decoder thread, [`params`] the wire-to-codec conversions. The module [`output`] owns the partial file, [`resume`] its resume record, [`stats`] the counters and
-//! the `--json` summary, [`exit`] the process exit codes and [`error`] the typed errors behind them.
+//! decoder thread, [`params`] the wire-to-codec conversions. [`output`] owns the partial file,
+//! [`resume`] its resume record, [`stats`] the counters and the `--json` summary, [`progress`] the bar,
+//! [`exit`] the process exit codes and [`error`] the typed errors behind them.
+//!
+//! Cooperation (issue 5) slots in as a third thread: it pops [`coop::VerifiedPacket`]s from the queue
+//! the decoder fills (never blocking it), answers peers on a listener announced in Hello, and peers'
+//! packets arrive on the same data socket with `Origin::Peer` under the receiver's session key, so the
+//! decoder thread already accepts and counts them (`bytes_from_peers`).
 pub mod cli;
 pub mod connection;
 pub mod control;
