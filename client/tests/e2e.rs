@@ -477,3 +477,36 @@ fn resume_record_of_an_older_file_version_is_discarded() {
     assert_eq!(summary.segments_resumed, 0, "{summary:?}");
     assert_eq!(summary.bytes, data.len() as u64);
 }
+
+#[test]
+fn server_gone_for_good_gives_up_after_retry_for_and_keeps_the_partial_output() {
+    let scratch = Scratch::new();
+    make_file(&scratch.root(), "gone.bin", 8 << 20);
+    let mut server = Server::start(
+        "127.77.10.1",
+        &scratch.root(),
+        scratch.work(),
+        SMALL_SEGMENTS,
+        &["--max-rate", "40mbit"],
+    );
+    let out = scratch.out("gone.bin");
+    let mut args = get_args("gone.bin", server.addr, &out, "127.77.10.10");
+    let retry = args.iter().position(|a| a == "--retry-for").unwrap();
+    args[retry + 1] = "2s".into();
+    let (client, stdout, stderr) = spawn_client(&strs(&args), scratch.work(), "gone");
+    let done = wait_for_segments(&out, 1, Duration::from_secs(30));
+    server.kill();
+    let started = Instant::now();
+    let run = finish_client(client, &stdout, &stderr, Duration::from_secs(30));
+    assert_eq!(run.code(), 4, "{run:?}");
+    assert!(run.stderr.contains("127.77.10.1:7653"), "{}", run.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "gave up before --retry-for"
+    );
+    assert!(
+        ccfd_client::output::part_path(&out).exists(),
+        "the partial output was removed"
+    );
+    assert!(wait_for_segments(&out, done, Duration::from_secs(1)) >= done);
+}
