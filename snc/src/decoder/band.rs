@@ -21,6 +21,7 @@
 mod holes;
 mod rows;
 mod slots;
+mod tables;
 
 use crate::coeffs::CoeffRow;
 use crate::field::Kernel;
@@ -29,6 +30,7 @@ use crate::params::Field;
 use holes::{checks_of, Combos, Solve};
 use rows::{Pivots, Rows, Walk};
 use slots::{combine, Slots};
+use tables::GroupTables;
 
 /// Outcome of one push into the band decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,28 +319,70 @@ impl<'a> BandDecoder<'a> {
         } else {
             vec![0u8; c * sym]
         };
-        self.note_memory(rhs.capacity() + combos.bytes());
+        let mut tables = match self.rows {
+            Rows::Bits(_) => Some(GroupTables::new(sym)),
+            Rows::Bytes { .. } => None,
+        };
+        self.note_memory(
+            rhs.capacity() + combos.bytes() + tables.as_ref().map_or(0, |t| t.bytes()),
+        );
         for p in (0..n).rev() {
+            if let Some(t) = tables.as_mut() {
+                if (p + 1) % 4 == 0 && p + 1 < n {
+                    t.build(kernel, (p + 1) / 4, n, &self.slots.all());
+                }
+            }
             if !self.pivots.get(p) {
                 continue;
             }
-            {
-                let (dst, others) = self.slots.split_at(p);
-                let rows = &self.rows;
-                let pivots = &self.pivots;
-                let mut terms: [(u32, u8); 256] = [(0, 0); 256];
-                let mut nt = 0;
-                rows.for_each_entry(p, |j, k| {
-                    if pivots.get(j) {
-                        terms[nt] = (j, k);
-                        nt += 1;
+            let (dst, others) = self.slots.split_at(p);
+            let pivots = &self.pivots;
+            match (&self.rows, tables.as_ref()) {
+                (Rows::Bits(bits), Some(t)) => {
+                    let word = bits[p as usize];
+                    let mut terms: [&[u8]; 32] = [&[]; 32];
+                    let mut nt = 0;
+                    let first_group = (p + 1).next_multiple_of(4);
+                    for j in p + 1..first_group.min(p + 64).min(n) {
+                        if (word >> (j - p)) & 1 == 1 && pivots.get(j) {
+                            terms[nt] = others.get(j);
+                            nt += 1;
+                        }
                     }
-                });
-                combine(
-                    kernel,
-                    dst,
-                    terms[..nt].iter().map(|&(j, k)| (others.get(j), k)),
-                );
+                    let mut col = first_group;
+                    while col < p + 64 && col < n {
+                        let a = col / 4;
+                        let m = (word >> (col - p)) as u32 & 0xF & pivots.nibble(a);
+                        match m.count_ones() {
+                            0 => {}
+                            1 => {
+                                terms[nt] = others.get(col + m.trailing_zeros());
+                                nt += 1;
+                            }
+                            _ => {
+                                terms[nt] = t.entry(a, m);
+                                nt += 1;
+                            }
+                        }
+                        col += 4;
+                    }
+                    combine(kernel, dst, terms[..nt].iter().map(|&s| (s, 1)));
+                }
+                _ => {
+                    let mut terms: [(u32, u8); 256] = [(0, 0); 256];
+                    let mut nt = 0;
+                    self.rows.for_each_entry(p, |j, k| {
+                        if pivots.get(j) {
+                            terms[nt] = (j, k);
+                            nt += 1;
+                        }
+                    });
+                    combine(
+                        kernel,
+                        dst,
+                        terms[..nt].iter().map(|&(j, k)| (others.get(j), k)),
+                    );
+                }
             }
             if !rhs.is_empty() {
                 let all = self.slots.all();
@@ -348,6 +392,7 @@ impl<'a> BandDecoder<'a> {
                 }
             }
         }
+        drop(tables);
         if holes.is_empty() {
             return;
         }

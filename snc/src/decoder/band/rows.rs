@@ -50,6 +50,13 @@ impl Pivots {
         self.words[(c / 64) as usize] |= 1 << (c % 64);
     }
 
+    /// Pivot bits of columns `4a..4a + 4` (bit `i` = column `4a + i`).
+    #[inline]
+    pub(crate) fn nibble(&self, a: u32) -> u32 {
+        let c = 4 * a;
+        ((self.words[(c / 64) as usize] >> (c % 64)) & 0xF) as u32
+    }
+
     /// Columns without a pivot below `n`, ascending.
     pub(crate) fn holes(&self, n: u32) -> Vec<u32> {
         let mut out = Vec::new();
