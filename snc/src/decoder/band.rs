@@ -13,7 +13,9 @@
 //! payload work runs as streaming passes whose working set is a window of `~2w` symbols:
 //! 1. forward, ascending: `m_p = s_p (raw_p + sum c_q m_q)` over the recorded pivots;
 //! 2. back-substitution, descending: `v_p = m_p + sum U_pj v_j` (holes count as zero), each
-//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks;
+//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks; GF(2) rows add
+//!    one tabulated subset per group of four columns ([`tables`]) instead of one symbol per
+//!    set bit;
 //! 3. the holes: `x_h` from the check sums (`~h * C / 2` symbol operations);
 //! 4. fix-up, descending from the last hole: `d = U_nh^-1 (U_h x_h)` in a ring of `w`
 //!    symbols, `x_p = v_p + d_p` in place.
