@@ -226,11 +226,17 @@ fn run_mode(args: &UdpArgs, name: &str, mode: Mode) -> anyhow::Result<Report> {
     let tx_shared = shared.clone();
     let sender = std::thread::spawn(move || -> anyhow::Result<SendStats> {
         pin(sc);
+        let job = SendJob {
+            src,
+            to,
+            payload,
+            duration,
+            max,
+            pacer,
+        };
         let stats = match mode {
-            Mode::Plain => send_plain(src, to, payload, duration, max, pacer),
-            Mode::Ring { backend, offload } => {
-                send_ring(src, to, payload, duration, max, pacer, backend, offload)
-            }
+            Mode::Plain => send_plain(job),
+            Mode::Ring { backend, offload } => send_ring(job, backend, offload),
         };
         let sent = stats.as_ref().map(|s| s.sent).unwrap_or(0);
         tx_shared.sent.store(sent, Ordering::SeqCst);
@@ -324,14 +330,25 @@ impl Pacer {
     }
 }
 
-fn send_plain(
+/// What a sender thread does: where from and to, how big, how long, how many, how fast.
+struct SendJob {
     src: SocketAddr,
     to: SocketAddr,
     payload: usize,
     duration: Duration,
     max: u64,
     pacer: Pacer,
-) -> anyhow::Result<SendStats> {
+}
+
+fn send_plain(job: SendJob) -> anyhow::Result<SendStats> {
+    let SendJob {
+        src,
+        to,
+        payload,
+        duration,
+        max,
+        pacer,
+    } = job;
     let sock = SocketConfig::new(src)
         .gro(false)
         .gso(false)
@@ -411,16 +428,15 @@ fn ring_config(backend: BackendChoice, ring_buffers: u16) -> RingConfig {
         .send_buffers(64)
 }
 
-fn send_ring(
-    src: SocketAddr,
-    to: SocketAddr,
-    payload: usize,
-    duration: Duration,
-    max: u64,
-    pacer: Pacer,
-    backend: BackendChoice,
-    gso: bool,
-) -> anyhow::Result<SendStats> {
+fn send_ring(job: SendJob, backend: BackendChoice, gso: bool) -> anyhow::Result<SendStats> {
+    let SendJob {
+        src,
+        to,
+        payload,
+        duration,
+        max,
+        pacer,
+    } = job;
     let mut ring = Ring::new(&ring_config(backend, 16))?;
     let sock = ring.bind(&SocketConfig::new(src).gso(gso).receive(false))?;
     let per_buffer = ccfd_ring::max_datagrams(payload) as u64;
