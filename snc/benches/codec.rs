@@ -4,11 +4,6 @@
 //!   packet jumps to its scheduled subgeneration).
 //! * `encode/<field>/<size>/fanout16`: 4 rounds of one packet for each of 16 receivers sharing a
 //!   schedule key, so each subgeneration window is read once per round (L2 locality).
-//! * `encode_tables/<size>/<what>/<policy>` (GF(2) only): the batch path with the group tables
-//!   (`always`, `auto`) against the plain fused XOR (`never`), same packets: `fanout<R>` makes
-//!   64 packets as `64 / R` rounds of one packet for each of `R` receivers sharing a schedule
-//!   (the break-even of the tables); `batch64` is one `write_batch` of 4 consecutive packets of
-//!   16 such receivers (4 subgenerations of 16 packets).
 //! * `encode_setup/<field>/<size>`: `Encoder::new` (check symbols), throughput = segment bytes.
 //! * `recode/<field>/<size>/single`: 64 recoded packets per iteration from a recoder holding `K`
 //!   coded packets of the segment (10 % of the stream lost before it), one `recode` call each;
@@ -24,7 +19,7 @@
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use snc::encoder::{BatchScratch, Encoder, PacketPlan, Stream, TablePolicy};
+use snc::encoder::{Encoder, Stream};
 use snc::packet;
 use snc::prng::Prng;
 use snc::recoder::Recoder;
@@ -124,71 +119,6 @@ fn encode(c: &mut Crit) {
     g.finish();
 }
 
-fn encode_tables(c: &mut Crit) {
-    let mut g = c.benchmark_group("encode_tables");
-    let policies = [
-        (TablePolicy::Never, "never"),
-        (TablePolicy::Always, "always"),
-        (TablePolicy::Auto, "auto"),
-    ];
-    for (len, name) in SIZES {
-        let data = segment(len);
-        let l = layout(len, Field::Gf2);
-        let enc = Encoder::new(&l, &data).expect("encoder");
-        let slot = packet::max_len(&l);
-        let mut out = vec![0u8; slot * BATCH];
-        g.throughput(Throughput::Bytes((BATCH * l.symbol_size()) as u64));
-        for receivers in [2usize, 4, 8, 16] {
-            for (policy, pname) in policies {
-                let mut scratch = BatchScratch::with_policy(policy);
-                let mut streams: Vec<Stream> = (0..receivers as u64)
-                    .map(|k| Stream::with_schedule(k, 77))
-                    .collect();
-                let id = BenchmarkId::new(format!("{name}/fanout{receivers}"), pname);
-                g.bench_function(id, |b| {
-                    b.iter(|| {
-                        for r in 0..BATCH / receivers {
-                            let at = r * receivers * slot;
-                            enc.write_fanout_with(
-                                &mut streams,
-                                &mut out[at..at + receivers * slot],
-                                slot,
-                                &mut scratch,
-                            )
-                            .expect("fanout");
-                        }
-                        black_box(&out);
-                    })
-                });
-            }
-        }
-        for (policy, pname) in [policies[0], policies[2]] {
-            let mut scratch = BatchScratch::with_policy(policy);
-            let mut counter = 0u64;
-            let mut plans = Vec::with_capacity(BATCH);
-            let id = BenchmarkId::new(format!("{name}/batch64"), pname);
-            g.bench_function(id, |b| {
-                b.iter(|| {
-                    plans.clear();
-                    for k in 0..16u64 {
-                        let s = Stream::with_schedule(k, 77);
-                        plans.extend(
-                            (0..4).map(|i| -> PacketPlan {
-                                enc.plan(&s, counter + i).expect("plan")
-                            }),
-                        );
-                    }
-                    counter += 4;
-                    enc.write_batch_with(&plans, &mut out, slot, &mut scratch)
-                        .expect("batch");
-                    black_box(&out);
-                })
-            });
-        }
-    }
-    g.finish();
-}
-
 fn encode_setup(c: &mut Crit) {
     let mut g = c.benchmark_group("encode_setup");
     g.sample_size(10);
@@ -266,6 +196,6 @@ fn recode(c: &mut Crit) {
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(CpuTime);
-    targets = encode, encode_tables, encode_setup, recode
+    targets = encode, encode_setup, recode
 }
 criterion_main!(benches);

@@ -24,24 +24,13 @@
 //!   symbols of its window. [`Encoder::write_batch`] writes the packets of each subgeneration
 //!   together so the window (80 KiB by default) stays in L2; give several receivers the same
 //!   schedule key ([`Stream::with_schedule`]) and batch one packet per receiver to profit.
-//! * GF(2) band batches use the "method of four Russians": the columns are cut into aligned
-//!   groups of 4 (group `G` = columns `4G..4G + 3`), and a [`BatchScratch`] caches, per group,
-//!   its 11 XOR combinations of two or more columns (each built from a smaller one with one
-//!   XOR). A packet is then one `xor_multi` of at most one entry per group (~16 instead of
-//!   ~32 symbols for a window of 64). Groups are keyed by absolute column, so the windows of a
-//!   visit (which overlap by `window - stride` columns) reuse each other's tables: a step of
-//!   one subgeneration builds `stride / 4` new groups. A run of packets of one window takes
-//!   this path when the XORs it saves exceed the cost of the groups it must build
-//!   ([`TablePolicy::Auto`]). The bytes are identical to [`Encoder::write`] (XOR is exact).
 
 use crate::coeffs::{gf256_from_seed, gf2_from_seed};
 use crate::field::Kernel;
-use crate::layout::{Layout, SubgenColumns};
+use crate::layout::Layout;
 use crate::packet::{self, Header, PacketError, PacketKind};
 use crate::params::{Field, MAX_SUBGEN_SIZE};
 use crate::prng::{derive, mix64, GOLDEN};
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 /// Consecutive packets of a stream that visit consecutive subgenerations (one "visit").
@@ -146,12 +135,7 @@ pub struct Encoder<'a> {
     total_weight: u64,
     /// Systematic interleaving step (coprime with K).
     sys_step: u64,
-    /// Process-unique id: a [`BatchScratch`] caches tables of this encoder's columns only.
-    id: u64,
 }
-
-/// Source of [`Encoder`] ids (0 is never handed out: it marks an empty scratch).
-static NEXT_ENCODER_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<'a> Encoder<'a> {
     /// An encoder over `data` (exactly `layout.segment_len()` bytes) with the best kernel.
@@ -196,7 +180,6 @@ impl<'a> Encoder<'a> {
             edge_weight,
             total_weight,
             sys_step: interleave_step(k as u64),
-            id: NEXT_ENCODER_ID.fetch_add(1, Ordering::Relaxed),
         };
         let mut checks = std::mem::take(&mut enc.checks);
         let mut srcs: Vec<&[u8]> = Vec::new();
@@ -316,26 +299,12 @@ impl<'a> Encoder<'a> {
 
     /// Writes packet `i` of `plans` into `out[i * slot..(i + 1) * slot]` (`slot` at least the
     /// packet's length; [`packet::max_len`] always fits). Packets of the same subgeneration
-    /// are produced together, so their window is read from cache once. Uses a thread-local
-    /// [`BatchScratch`] (up to ~0.5 MiB per thread, kept between calls); see
-    /// [`Encoder::write_batch_with`] to own it.
+    /// are produced together, so their window is read from cache once.
     pub fn write_batch(
         &self,
         plans: &[PacketPlan],
         out: &mut [u8],
         slot: usize,
-    ) -> Result<(), EncodeError> {
-        with_thread_scratch(|scratch| self.write_batch_with(plans, out, slot, scratch))
-    }
-
-    /// [`Encoder::write_batch`] with a caller-owned scratch (GF(2) group tables, reused across
-    /// calls and subgenerations; it is reset when used with another encoder).
-    pub fn write_batch_with(
-        &self,
-        plans: &[PacketPlan],
-        out: &mut [u8],
-        slot: usize,
-        scratch: &mut BatchScratch,
     ) -> Result<(), EncodeError> {
         if out.len() / slot.max(1) < plans.len() {
             return Err(PacketError::Buffer {
@@ -358,51 +327,20 @@ impl<'a> Encoder<'a> {
             if !order.is_sorted_by_key(|&i| key(&chunk[i as usize])) {
                 order.sort_unstable_by_key(|&i| key(&chunk[i as usize]));
             }
-            let mut at = 0;
-            while at < order.len() {
-                let first = key(&chunk[order[at] as usize]);
-                let run = order[at..]
-                    .iter()
-                    .take_while(|&&i| key(&chunk[i as usize]) == first)
-                    .count();
-                let run_order = &order[at..at + run];
-                let base = c * CHUNK;
-                let tabled = match chunk[run_order[0] as usize] {
-                    PacketPlan::Coded { subgen, .. } => {
-                        self.write_run_tabled(chunk, run_order, subgen, base, out, slot, scratch)?
-                    }
-                    PacketPlan::Systematic { .. } => false,
-                };
-                if !tabled {
-                    for &i in run_order {
-                        let o = (base + i as usize) * slot;
-                        self.write(&chunk[i as usize], &mut out[o..o + slot])?;
-                    }
-                }
-                at += run;
+            for &i in order.iter() {
+                let at = (c * CHUNK + i as usize) * slot;
+                self.write(&chunk[i as usize], &mut out[at..at + slot])?;
             }
         }
         Ok(())
     }
 
     /// Writes one packet per stream (fan-out), packet `i` into slot `i`; advances every stream.
-    /// Uses the thread-local scratch like [`Encoder::write_batch`].
     pub fn write_fanout(
         &self,
         streams: &mut [Stream],
         out: &mut [u8],
         slot: usize,
-    ) -> Result<(), EncodeError> {
-        with_thread_scratch(|scratch| self.write_fanout_with(streams, out, slot, scratch))
-    }
-
-    /// [`Encoder::write_fanout`] with a caller-owned scratch.
-    pub fn write_fanout_with(
-        &self,
-        streams: &mut [Stream],
-        out: &mut [u8],
-        slot: usize,
-        scratch: &mut BatchScratch,
     ) -> Result<(), EncodeError> {
         const CHUNK: usize = 64;
         let mut plans = [PacketPlan::Systematic { index: 0 }; CHUNK];
@@ -411,142 +349,9 @@ impl<'a> Encoder<'a> {
                 *p = self.next_plan(s).ok_or(EncodeError::Empty)?;
             }
             let start = (c * CHUNK * slot).min(out.len());
-            self.write_batch_with(&plans[..chunk.len()], &mut out[start..], slot, scratch)?;
+            self.write_batch(&plans[..chunk.len()], &mut out[start..], slot)?;
         }
         Ok(())
-    }
-
-    /// Writes the coded packets `run` (indices into `chunk`, all of subgeneration `subgen`,
-    /// packet `i` into slot `base + i`) through the GF(2) group tables. Returns `false`
-    /// (writing nothing) when the tables do not apply or would not pay.
-    #[allow(clippy::too_many_arguments)]
-    fn write_run_tabled(
-        &self,
-        chunk: &[PacketPlan],
-        run: &[u16],
-        subgen: u32,
-        base: usize,
-        out: &mut [u8],
-        slot: usize,
-        scratch: &mut BatchScratch,
-    ) -> Result<bool, EncodeError> {
-        let l = &self.layout;
-        let s = l.symbol_size();
-        if l.field() != Field::Gf2
-            || scratch.policy == TablePolicy::Never
-            || subgen >= l.subgen_count()
-        {
-            return Ok(false);
-        }
-        let SubgenColumns::Range { first, len } = l.subgen_columns(subgen) else {
-            return Ok(false);
-        };
-        let w = len as usize;
-        let groups_max = (l.window() as usize).div_ceil(GROUP) + 1;
-        let slots = groups_max.next_power_of_two();
-        if slots * ENTRIES * s > TABLE_BUDGET && scratch.policy == TablePolicy::Auto {
-            return Ok(false);
-        }
-        scratch.prepare(self.id, s, slots);
-        let shift = first as usize % GROUP;
-        let g0 = first / GROUP as u32;
-        let ng = (shift + w).div_ceil(GROUP);
-        let missing = (0..ng as u32)
-            .filter(|&g| scratch.tags[(g0 + g) as usize & (slots - 1)] != g0 + g)
-            .count();
-        let mut words = [0u64; MAX_SUBGEN_SIZE as usize / 64 + 1];
-        if scratch.policy == TablePolicy::Auto {
-            // XOR sources saved by the tables vs the entries to build (each a copy and a XOR).
-            let mut saved = 0usize;
-            for &i in run {
-                let PacketPlan::Coded { seed, .. } = chunk[i as usize] else {
-                    return Ok(false);
-                };
-                shifted_coefficients(seed, w, shift, &mut words);
-                let picks = nibbles(&words, ng).filter(|&n| n != 0).count();
-                let ones: usize = words.iter().map(|x| x.count_ones() as usize).sum();
-                saved += ones - picks;
-            }
-            if saved < missing * ENTRIES * BUILD_COST {
-                return Ok(false);
-            }
-        }
-        let mut run = run;
-        if missing > 0 {
-            // The plain path's fused XOR streams the window's new columns into cache in
-            // parallel; the table builds then read them from L1/L2 instead of DRAM.
-            let i = run[0] as usize;
-            let o = (base + i) * slot;
-            self.write(&chunk[i], &mut out[o..o + slot])?;
-            run = &run[1..];
-        }
-        for g in 0..ng as u32 {
-            let group = g0 + g;
-            let sl = group as usize & (slots - 1);
-            if scratch.tags[sl] != group {
-                self.build_group(
-                    group,
-                    &mut scratch.table[sl * ENTRIES * s..(sl + 1) * ENTRIES * s],
-                );
-                scratch.tags[sl] = group;
-            }
-        }
-        let table = &scratch.table;
-        let mut srcs: [&[u8]; MAX_SUBGEN_SIZE as usize / GROUP + 1] =
-            [&[]; MAX_SUBGEN_SIZE as usize / GROUP + 1];
-        for &i in run {
-            let PacketPlan::Coded { seed, .. } = chunk[i as usize] else {
-                unreachable!("runs hold one plan kind")
-            };
-            let o = (base + i as usize) * slot;
-            let dst =
-                packet::write_header(l, &Header::Coded { subgen, seed }, &mut out[o..o + slot])?;
-            shifted_coefficients(seed, w, shift, &mut words);
-            let mut m = 0;
-            for (g, nib) in nibbles(&words, ng).enumerate() {
-                if nib == 0 {
-                    continue;
-                }
-                let group = g0 + g as u32;
-                srcs[m] = if nib.is_power_of_two() {
-                    self.column(group * GROUP as u32 + nib.trailing_zeros())
-                } else {
-                    let e =
-                        (group as usize & (slots - 1)) * ENTRIES + ENTRY_OF[nib as usize] as usize;
-                    &table[e * s..(e + 1) * s]
-                };
-                m += 1;
-            }
-            dst.fill(0);
-            self.kernel.xor_multi(dst, &srcs[..m]);
-        }
-        Ok(true)
-    }
-
-    /// Fills `table` (`ENTRIES` symbols) with the XOR combinations of two or more of group
-    /// `group`'s columns (those below `N`); entry `m` = entry `m` without its lowest bit XOR
-    /// the column of that bit: one XOR per entry.
-    fn build_group(&self, group: u32, table: &mut [u8]) {
-        let s = self.layout.symbol_size();
-        let first = group * GROUP as u32;
-        let valid = (self.layout.column_count() - first).min(GROUP as u32);
-        for (m, &e) in ENTRY_OF.iter().enumerate().take(1 << valid) {
-            if e == u8::MAX {
-                continue;
-            }
-            let low = m.trailing_zeros();
-            let rest = m & (m - 1);
-            let e = e as usize;
-            let (done, todo) = table.split_at_mut(e * s);
-            let dst = &mut todo[..s];
-            if rest.is_power_of_two() {
-                dst.copy_from_slice(self.column(first + rest.trailing_zeros()));
-            } else {
-                let r = ENTRY_OF[rest] as usize;
-                dst.copy_from_slice(&done[r * s..(r + 1) * s]);
-            }
-            self.kernel.xor(dst, self.column(first + low));
-        }
     }
 
     /// `dst = sum of coefficient(j) * column(j)` over subgeneration `subgen`'s window.
@@ -589,127 +394,6 @@ impl<'a> Encoder<'a> {
             }
         }
     }
-}
-
-/// Columns per GF(2) table group.
-const GROUP: usize = 4;
-/// Table entries per group: the combinations of two or more of its columns.
-const ENTRIES: usize = 11;
-/// Entry of combination `m` within its group (`u8::MAX` for 0 and single columns, which are
-/// read from the columns themselves). Entries are in increasing `m`, so an entry's
-/// lowest-bit-removed predecessor always comes first.
-const ENTRY_OF: [u8; 16] = {
-    let mut t = [u8::MAX; 16];
-    let mut m = 0;
-    let mut e = 0;
-    while m < 16 {
-        if (m as u32).count_ones() >= 2 {
-            t[m] = e;
-            e += 1;
-        }
-        m += 1;
-    }
-    t
-};
-/// Cost of building one table entry (a copy and a XOR pass, the columns' first touch) in
-/// source reads of `xor_multi`, measured (`encode_tables` bench): with ~4 new groups per
-/// window, 16 packets per window about break even and 8 lose ~40 %.
-const BUILD_COST: usize = 6;
-/// Largest group table [`TablePolicy::Auto`] allocates (beyond, the plain path runs): about
-/// the L2 share that leaves room for the window itself.
-const TABLE_BUDGET: usize = 640 << 10;
-
-/// When [`Encoder::write_batch_with`] uses the GF(2) group tables.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TablePolicy {
-    /// When the XORs saved exceed the cost of the groups to build, and the table fits the
-    /// L2 budget (the default).
-    #[default]
-    Auto,
-    /// For every GF(2) band run (tests, benchmarks).
-    Always,
-    /// Never: one fused XOR of the window's selected columns per packet.
-    Never,
-}
-
-/// Reusable scratch of the GF(2) batch path: cached group tables of one encoder.
-#[derive(Debug, Default)]
-pub struct BatchScratch {
-    policy: TablePolicy,
-    /// Id of the encoder whose columns the tables hold (0: none).
-    owner: u64,
-    symbol_size: usize,
-    /// Group held by each slot (`u32::MAX`: none); slot = group mod `tags.len()`.
-    tags: Vec<u32>,
-    /// `tags.len() * ENTRIES` symbols.
-    table: Vec<u8>,
-}
-
-impl BatchScratch {
-    /// An empty scratch with [`TablePolicy::Auto`]; tables are allocated on first use.
-    pub fn new() -> BatchScratch {
-        BatchScratch::default()
-    }
-
-    /// An empty scratch with the given policy.
-    pub fn with_policy(policy: TablePolicy) -> BatchScratch {
-        BatchScratch {
-            policy,
-            ..BatchScratch::default()
-        }
-    }
-
-    /// The policy.
-    pub fn policy(&self) -> TablePolicy {
-        self.policy
-    }
-
-    /// Makes the scratch hold `slots` groups of encoder `owner` (forgetting others' tables).
-    fn prepare(&mut self, owner: u64, symbol_size: usize, slots: usize) {
-        if self.owner != owner || self.symbol_size != symbol_size || self.tags.len() != slots {
-            self.owner = owner;
-            self.symbol_size = symbol_size;
-            self.tags.clear();
-            self.tags.resize(slots, u32::MAX);
-            self.table.resize(slots * ENTRIES * symbol_size, 0);
-        }
-    }
-}
-
-thread_local! {
-    static THREAD_SCRATCH: RefCell<BatchScratch> = RefCell::new(BatchScratch::new());
-}
-
-/// Runs `f` with this thread's scratch (a fresh one if it is somehow in use).
-fn with_thread_scratch<T>(f: impl FnOnce(&mut BatchScratch) -> T) -> T {
-    THREAD_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => f(&mut scratch),
-        Err(_) => f(&mut BatchScratch::new()),
-    })
-}
-
-/// GF(2) coefficients of `seed` over `w` positions, shifted up by `shift` (< 64) bits so bit
-/// `4 g + b` is column `b` of the window's `g`-th table group.
-fn shifted_coefficients(
-    seed: u64,
-    w: usize,
-    shift: usize,
-    out: &mut [u64; MAX_SUBGEN_SIZE as usize / 64 + 1],
-) {
-    let n = w.div_ceil(64);
-    *out = [0; MAX_SUBGEN_SIZE as usize / 64 + 1];
-    gf2_from_seed(seed, w, &mut out[..n]);
-    if shift > 0 {
-        for i in (0..=n).rev() {
-            let lo = if i > 0 { out[i - 1] >> (64 - shift) } else { 0 };
-            out[i] = (out[i] << shift) | lo;
-        }
-    }
-}
-
-/// The first `ng` 4-bit groups of `words`.
-fn nibbles(words: &[u64], ng: usize) -> impl Iterator<Item = u8> + '_ {
-    (0..ng).map(move |g| ((words[g / 16] >> (4 * (g % 16))) & 15) as u8)
 }
 
 /// A step coprime with `k` near `k / golden ratio` (1 for `k <= 2`).
