@@ -249,6 +249,9 @@ struct Client {
     last_seen: Instant,
     sessions: BTreeSet<SessionId>,
     files: BTreeSet<String>,
+    /// Adapted demand of the client's latest receiver: its next session starts there when that is
+    /// above the initial rate (segments are short: a fast client keeps the speed it reached).
+    demand_hint_bps: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -502,6 +505,7 @@ impl SessionTable {
                     last_seen: now,
                     sessions: BTreeSet::new(),
                     files: BTreeSet::new(),
+                    demand_hint_bps: None,
                 },
             );
         }
@@ -581,13 +585,16 @@ impl SessionTable {
         }
         c.sessions.insert(sid);
         c.files.insert(info.name.clone());
+        let hint = c.demand_hint_bps;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Reply::Send(Frame::error(ErrorCode::Internal, "session vanished"));
         };
         s.idle_since = None;
-        let initial = self
-            .config
-            .initial_rate_bps
+        // A client that reached more than the initial rate resumes there; one held below it (loss, a
+        // slow host) starts over from the initial rate, as a new client would.
+        let initial = hint
+            .unwrap_or(0)
+            .max(self.config.initial_rate_bps)
             .min(self.config.max_receiver_rate_bps);
         let mut changed_addr = false;
         match s.receivers.get_mut(&client) {
@@ -716,8 +723,12 @@ impl SessionTable {
         };
         r.last_heartbeat = now;
         r.stats = stats;
-        r.demand_bps = adapt(cfg, r.demand_bps, &stats);
+        r.demand_bps = adapt(cfg, r.demand_bps, r.rate_bps, &stats);
+        let demand = r.demand_bps;
         let (name, segment) = (s.name.clone(), s.segment);
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.demand_hint_bps = Some(demand);
+        }
         if let Some(m) = self
             .coop
             .get_mut(&name)
@@ -1005,8 +1016,12 @@ fn no_such_session(sid: SessionId) -> Frame {
     )
 }
 
-/// Receiver-driven rate adaptation: cut towards what got through when loss is high, grow when low.
-fn adapt(cfg: &TableConfig, demand: u64, stats: &ReceiverStats) -> u64 {
+/// Receiver-driven rate adaptation: cut towards what got through when loss is high; when the receiver
+/// takes clearly less than it is sent (`rate`, the pacing rate in force), a backlog is building in its
+/// socket buffer (no loss shows until that overflows, and every queued packet of a finished segment is
+/// wasted): settle just above what it takes; otherwise grow multiplicatively.
+fn adapt(cfg: &TableConfig, demand: u64, rate: u64, stats: &ReceiverStats) -> u64 {
+    let sent = if rate > 0 { rate.min(demand) } else { demand };
     let next = if stats.loss_ppm > cfg.loss_high_ppm {
         let through = if stats.receive_rate_bps > 0 {
             demand.min(stats.receive_rate_bps)
@@ -1014,9 +1029,17 @@ fn adapt(cfg: &TableConfig, demand: u64, stats: &ReceiverStats) -> u64 {
             demand
         };
         through / 8 * 7
+    } else if stats.receive_rate_bps > 0 && stats.receive_rate_bps < sent / 4 * 3 {
+        // Keep 1/8 of headroom so a receiver that speeds up is seen doing so.
+        let settled = stats
+            .receive_rate_bps
+            .saturating_add(stats.receive_rate_bps / 8);
+        demand.min(settled)
     } else if stats.loss_ppm < cfg.loss_low_ppm {
+        // Multiplicative growth (x1.5 per heartbeat) finds a fast receiver's speed within a few
+        // heartbeats; loss or the receive-rate bound below stop it.
         let grown = demand
-            .saturating_add(demand / 4)
+            .saturating_add(demand / 2)
             .saturating_add(cfg.min_rate_bps);
         // Grow only while the receiver keeps up: at most twice what it reports receiving (a receiver
         // the server cannot feed faster does not hoard a share of the cap it cannot use).

@@ -1667,3 +1667,66 @@ fn have_is_versioned() {
         })
     ));
 }
+
+#[test]
+fn next_segment_starts_at_the_rate_the_client_reached() {
+    let meta = file_meta(10 * 100_000, 1);
+    let cfg = TableConfig {
+        initial_rate_bps: 100_000_000,
+        max_receiver_rate_bps: 40_000_000_000,
+        ..table_config()
+    };
+    let mut t = SessionTable::new(cfg);
+    let mut now = Instant::now();
+    for c in 1..=2u64 {
+        handle(&mut t, now, c, hello(c, false), &meta);
+    }
+    let fast = session_of(handle(&mut t, now, 1, req(0, 1), &meta)).session;
+    let slow = session_of(handle(&mut t, now, 2, req(1, 2), &meta)).session;
+    for _ in 0..20 {
+        now += Duration::from_millis(250);
+        // Client 1 takes everything it is sent; client 2 loses 10 %.
+        let rate = t.session(fast).unwrap().receivers[0].rate_bps;
+        let stats = ReceiverStats {
+            receive_rate_bps: rate,
+            ..ReceiverStats::default()
+        };
+        handle(
+            &mut t,
+            now,
+            1,
+            Frame::Heartbeat {
+                session: fast,
+                stats,
+            },
+            &meta,
+        );
+        let stats = ReceiverStats {
+            receive_rate_bps: 20_000_000,
+            loss_ppm: 100_000,
+            ..ReceiverStats::default()
+        };
+        handle(
+            &mut t,
+            now,
+            2,
+            Frame::Heartbeat {
+                session: slow,
+                stats,
+            },
+            &meta,
+        );
+    }
+    let fast_rate = t.session(fast).unwrap().receivers[0].rate_bps;
+    let slow_rate = t.session(slow).unwrap().receivers[0].rate_bps;
+    assert!(fast_rate >= 1_000_000_000, "{fast_rate}");
+    assert!(slow_rate <= 20_000_000, "{slow_rate}");
+    // Each client finishes its segment and asks for the next: the fast one resumes at the rate it
+    // reached, the slow one starts over from the initial rate (and is cut again by its loss).
+    handle(&mut t, now, 1, Frame::StopSegment { session: fast }, &meta);
+    handle(&mut t, now, 2, Frame::StopSegment { session: slow }, &meta);
+    let fast2 = session_of(handle(&mut t, now, 1, req(2, 1), &meta)).session;
+    let slow2 = session_of(handle(&mut t, now, 2, req(3, 2), &meta)).session;
+    assert_eq!(t.session(fast2).unwrap().receivers[0].rate_bps, fast_rate);
+    assert_eq!(t.session(slow2).unwrap().receivers[0].rate_bps, 100_000_000);
+}
