@@ -283,7 +283,8 @@ impl Default for CodingSettings {
 
 /// Receiver-rate adaptation settings, applied by the session table (`ccfd_proto::SessionTable`: on a
 /// heartbeat whose loss is above the back-off threshold the receiver's rate is cut to 7/8 of what got
-/// through; below the increase threshold it grows by 1/4 plus the minimum rate).
+/// through; below the increase threshold it grows by 1/2 plus the minimum rate; a client's next segment
+/// starts at the rate its previous one reached).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PacingSettings {
     /// Rate a new receiver starts at, bits/s.
