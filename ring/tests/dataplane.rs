@@ -28,7 +28,11 @@ fn ring_with(config: RingConfig) -> Option<Ring> {
             Some(r)
         }
         Err(RingError::UringUnavailable { reason }) => {
-            eprintln!("SKIP io_uring backend: {reason}");
+            // Uncaptured by `cargo test`, so the skip is visible in every run.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("SKIP io_uring backend: {reason}\n"),
+            );
             None
         }
         Err(e) => panic!("ring setup failed: {e}"),
@@ -551,7 +555,11 @@ fn wait_with_timeout_returns() {
 #[test]
 fn ipv6_loopback_works_too() {
     if std::net::UdpSocket::bind("[::1]:0").is_err() {
-        eprintln!("SKIP: no IPv6 loopback here");
+        // Uncaptured by `cargo test`, so the skip is visible in every run.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("SKIP: no IPv6 loopback here\n"),
+        );
         return;
     }
     for backend in BACKENDS {

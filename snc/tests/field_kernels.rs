@@ -177,7 +177,12 @@ fn check_isa(name: &str, k: Option<Kernel>) {
             assert_eq!(k.name(), name);
             check_kernel(k);
         }
-        None => println!("skipping {name}: CPU lacks it"),
+        // Written to the process's stderr directly: `cargo test` does not capture that, so the
+        // skip is visible in every run (CI included), never silent.
+        None => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipping {name}: CPU lacks it");
+        }
     }
 }
 
