@@ -24,6 +24,8 @@ pub mod cli;
 pub mod connection;
 pub mod control;
 pub mod coop;
+pub mod coop_control;
+pub mod coop_shard;
 pub mod error;
 pub mod exit;
 pub mod get;
