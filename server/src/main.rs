@@ -51,5 +51,10 @@ fn main() -> anyhow::Result<()> {
         sessions = stats.sessions_started,
         "stopped"
     );
+    // One JSON line on stdout with the lifetime totals, for scripts and tests (swarm, coop tests).
+    println!(
+        "{{\"event\":\"stopped\",\"packets_sent\":{},\"bytes_sent\":{},\"sessions_started\":{},\"send_errors\":{}}}",
+        stats.packets, stats.bytes, stats.sessions_started, stats.send_errors
+    );
     Ok(())
 }
