@@ -41,7 +41,8 @@ pub(crate) enum BandPush {
     Innovative,
     /// Reduced to zero.
     Redundant,
-    /// This packet completed the decode; the output buffer holds the segment.
+    /// This packet completed the rank; the output buffer holds the segment unless the
+    /// decoder is in deferred mode (then [`BandDecoder::finish`] runs the payload passes).
     Complete,
 }
 
@@ -72,6 +73,11 @@ pub(crate) struct BandDecoder<'a> {
     solve_tries: u32,
     /// False in counting mode: symbols are neither stored nor computed.
     symbols: bool,
+    /// Deferred-finish mode: a successful solve parks its result in `pending` instead of
+    /// running the payload passes.
+    deferred: bool,
+    /// A successful hole solve whose payload passes have not run yet.
+    pending: Option<(Vec<u32>, Combos)>,
     complete: bool,
     peak_bytes: usize,
 }
@@ -123,6 +129,8 @@ impl<'a> BandDecoder<'a> {
             next_try: n.saturating_sub(layout.check_count()),
             solve_tries: 0,
             symbols,
+            deferred: false,
+            pending: None,
             complete: false,
             peak_bytes: 0,
         };
@@ -137,6 +145,27 @@ impl<'a> BandDecoder<'a> {
 
     /// Whether the segment is decoded.
     pub(crate) fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Whether the rank is complete (the payload passes may still be pending).
+    pub(crate) fn is_solved(&self) -> bool {
+        self.complete || self.pending.is_some()
+    }
+
+    /// In deferred mode the push that completes the rank parks the solve; [`Self::finish`]
+    /// then runs the payload passes.
+    pub(crate) fn set_deferred(&mut self, on: bool) {
+        self.deferred = on;
+    }
+
+    /// Runs the pending payload passes, if any. Returns whether the segment is complete.
+    pub(crate) fn finish(&mut self) -> bool {
+        if let Some((holes, combos)) = self.pending.take() {
+            self.payload_passes(&holes, &combos);
+            self.complete = true;
+            self.release();
+        }
         self.complete
     }
 
@@ -170,7 +199,7 @@ impl<'a> BandDecoder<'a> {
 
     /// Pushes one packet's coefficients (a contiguous window) and symbol.
     pub(crate) fn push(&mut self, coeffs: &CoeffRow, symbol: &[u8]) -> BandPush {
-        if self.complete {
+        if self.is_solved() {
             return BandPush::Redundant;
         }
         let first = coeffs
@@ -222,7 +251,7 @@ impl<'a> BandDecoder<'a> {
         if self.rank >= self.next_try {
             self.try_finish();
         }
-        if self.complete {
+        if self.is_solved() {
             BandPush::Complete
         } else {
             BandPush::Innovative
@@ -253,6 +282,10 @@ impl<'a> BandDecoder<'a> {
             Solve::Deficient(d) => self.next_try = self.rank + d,
             Solve::Solved { holes, combos } => {
                 self.note_memory(combos.bytes() + holes.capacity() * 4);
+                if self.symbols && self.deferred {
+                    self.pending = Some((holes, combos));
+                    return;
+                }
                 if self.symbols {
                     self.payload_passes(&holes, &combos);
                 }

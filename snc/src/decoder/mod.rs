@@ -18,6 +18,12 @@
 //! The band decoder defers all symbol arithmetic until the precode can resolve the remaining
 //! unknowns, then runs it as a few streaming passes (see [`band`]): pushes are cheap, and the
 //! packet that completes the segment carries the bulk of the work.
+//!
+//! Deferred finish ([`Decoder::set_deferred_finish`]): the push that completes the rank
+//! returns [`Progress::Complete`] at once, without the symbol work; [`Decoder::is_solved`] is
+//! then true while [`Decoder::is_complete`] stays false until [`Decoder::finish`] has run the
+//! passes. A receiver uses it to tell the sender to stop before spending the decode time.
+//! The default (immediate) mode runs the passes inside that push.
 
 mod band;
 pub mod dense;
@@ -38,7 +44,9 @@ pub enum Progress {
     Innovative,
     /// The packet carried nothing new and was dropped.
     Redundant,
-    /// The segment is complete (this packet completed it, or it already was).
+    /// No more packets are needed: this packet completed the rank, or it already was.
+    /// In the default mode the output buffer then holds the segment; in deferred-finish mode
+    /// call [`Decoder::finish`] first.
     Complete,
 }
 
@@ -59,6 +67,14 @@ pub enum DecodeError {
     /// The dense engine (random grouping) refused the layout or failed.
     #[error("dense decoder: {0}")]
     Dense(#[from] DenseError),
+    /// [`Decoder::finish`] before the rank was complete.
+    #[error("rank {rank} of {needed}: not solvable yet")]
+    NotSolved {
+        /// Innovative packets held.
+        rank: u32,
+        /// `K`.
+        needed: u32,
+    },
 }
 
 enum Engine<'a> {
@@ -68,6 +84,8 @@ enum Engine<'a> {
     Dense {
         dec: Box<DenseDecoder>,
         out: Option<&'a mut [u8]>,
+        /// The solve has been written into `out` (or there is no `out`).
+        finished: bool,
     },
     /// A segment of length 0: complete from the start.
     Empty,
@@ -81,6 +99,7 @@ pub struct Decoder<'a> {
     received: u64,
     redundant: u64,
     rejected: u64,
+    deferred: bool,
 }
 
 impl std::fmt::Debug for Decoder<'_> {
@@ -119,6 +138,7 @@ impl<'a> Decoder<'a> {
                 CodeKind::Random => Engine::Dense {
                     dec: Box::new(DenseDecoder::with_kernel(layout, kernel)?),
                     out: Some(out),
+                    finished: false,
                 },
             }
         };
@@ -129,6 +149,7 @@ impl<'a> Decoder<'a> {
             received: 0,
             redundant: 0,
             rejected: 0,
+            deferred: false,
         })
     }
 
@@ -145,6 +166,7 @@ impl<'a> Decoder<'a> {
                 CodeKind::Random => Engine::Dense {
                     dec: Box::new(DenseDecoder::new(layout)?),
                     out: None,
+                    finished: false,
                 },
             }
         };
@@ -155,7 +177,44 @@ impl<'a> Decoder<'a> {
             received: 0,
             redundant: 0,
             rejected: 0,
+            deferred: false,
         })
+    }
+
+    /// Deferred-finish mode on or off (off by default). When on, the push that completes the
+    /// rank returns [`Progress::Complete`] without running the symbol passes; call
+    /// [`Decoder::finish`] to run them. Switching it off does not run a pending finish.
+    pub fn set_deferred_finish(&mut self, on: bool) {
+        self.deferred = on;
+        if let Engine::Band(b) = &mut self.engine {
+            b.set_deferred(on);
+        }
+    }
+
+    /// Runs the pending symbol passes so that the output buffer holds the segment. Idempotent:
+    /// a no-op when already complete. [`DecodeError::NotSolved`] before the rank is complete.
+    pub fn finish(&mut self) -> Result<(), DecodeError> {
+        if !self.is_solved() {
+            return Err(DecodeError::NotSolved {
+                rank: self.rank(),
+                needed: self.needed(),
+            });
+        }
+        match &mut self.engine {
+            Engine::Band(b) => {
+                b.finish();
+            }
+            Engine::Dense { dec, out, finished } => {
+                if !*finished {
+                    if let Some(out) = out {
+                        dec.finish(out)?;
+                    }
+                    *finished = true;
+                }
+            }
+            Engine::Empty => {}
+        }
+        Ok(())
     }
 
     /// Parses one packet payload and feeds it to the decoder.
@@ -171,7 +230,7 @@ impl<'a> Decoder<'a> {
 
     /// Feeds an already parsed packet (from [`packet::parse`] with this decoder's layout).
     pub fn push_view(&mut self, view: &PacketView<'_>) -> Result<Progress, DecodeError> {
-        if self.is_complete() {
+        if self.is_solved() {
             return Ok(Progress::Complete);
         }
         if view.symbol.len() != self.layout.symbol_size() {
@@ -193,11 +252,14 @@ impl<'a> Decoder<'a> {
                 BandPush::Redundant => Progress::Redundant,
                 BandPush::Complete => Progress::Complete,
             },
-            Engine::Dense { dec, out } => match dec.push_row(&self.row, view.symbol)? {
+            Engine::Dense { dec, out, finished } => match dec.push_row(&self.row, view.symbol)? {
                 DensePush::Redundant => Progress::Redundant,
                 DensePush::Innovative if dec.is_complete() => {
-                    if let Some(out) = out {
-                        dec.finish(out)?;
+                    if !self.deferred {
+                        if let Some(out) = out {
+                            dec.finish(out)?;
+                        }
+                        *finished = true;
                     }
                     Progress::Complete
                 }
@@ -215,6 +277,17 @@ impl<'a> Decoder<'a> {
     pub fn is_complete(&self) -> bool {
         match &self.engine {
             Engine::Band(b) => b.is_complete(),
+            Engine::Dense { finished, .. } => *finished,
+            Engine::Empty => true,
+        }
+    }
+
+    /// Whether the rank is complete: no more packets are needed. Equal to
+    /// [`Decoder::is_complete`] in the default mode; in deferred-finish mode it turns true
+    /// first, and [`Decoder::finish`] completes the segment.
+    pub fn is_solved(&self) -> bool {
+        match &self.engine {
+            Engine::Band(b) => b.is_solved(),
             Engine::Dense { dec, .. } => dec.is_complete(),
             Engine::Empty => true,
         }
