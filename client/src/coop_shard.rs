@@ -13,12 +13,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use ccfd_proto::{FileMeta, LinkId, ReceiverStats, ServeSource, SessionId, SessionKey};
+use ccfd_ring::{Ring, RingConfig, SocketConfig, Waker};
+use crossbeam_channel::Sender;
 use crossbeam_queue::ArrayQueue;
 
 use crate::coop::VerifiedPacket;
+use crate::error::ClientError;
 use crate::stats::Counters;
+
+mod run;
 
 /// One stream to one asking peer: the inbound link the ask came on and the asker's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,4 +100,107 @@ pub struct ServeSetup {
     pub counters: Arc<Counters>,
     /// Core to pin the shard to (`None`: the first core).
     pub core: Option<usize>,
+}
+
+/// A running cooperation shard.
+#[derive(Debug)]
+pub struct ServeHandle {
+    /// Commands to the shard; fire [`ServeHandle::waker`] after each send so it acts at once.
+    pub commands: Sender<ServeCommand>,
+    /// Wakes the shard's ring.
+    pub waker: Waker,
+    /// Local address of the shard's UDP socket (the source of every packet it sends).
+    pub local_addr: SocketAddr,
+    /// The shard thread: `Ok(())` after `Exit` or when the command channel is gone; `Err` only when
+    /// its socket is gone.
+    pub thread: JoinHandle<Result<(), ClientError>>,
+}
+
+impl ServeHandle {
+    /// Sends a command and wakes the shard; `false` when the shard has ended.
+    pub fn send(&self, command: ServeCommand) -> bool {
+        let sent = self.commands.send(command).is_ok();
+        self.waker.wake();
+        sent
+    }
+}
+
+/// Starts the shard thread (pinned to `setup.core`, else the first core), binds its UDP socket on
+/// `setup.bind_ip:0` and returns once both exist.
+pub fn spawn(setup: ServeSetup) -> Result<ServeHandle, ClientError> {
+    let (commands, commands_rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let bind = SocketAddr::new(setup.bind_ip, 0);
+    let thread = std::thread::Builder::new()
+        .name("ccfd-coop-shard".into())
+        .spawn(move || {
+            pin(setup.core);
+            let started = Ring::new(&ring_config()).and_then(|mut ring| {
+                let socket = ring.bind(&socket_config(bind))?;
+                let addr = ring.local_addr(socket)?;
+                Ok((ring, socket, addr))
+            });
+            let (ring, socket, addr) = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error));
+                    return Ok(());
+                }
+            };
+            let _ = ready_tx.send(Ok((ring.waker(), addr)));
+            tracing::debug!(%addr, backend = ?ring.backend(), "cooperation shard running");
+            run::run(setup, ring, socket, commands_rx)
+        })
+        .map_err(|e| ClientError::Internal(format!("cooperation shard thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok((waker, local_addr))) => Ok(ServeHandle {
+            commands,
+            waker,
+            local_addr,
+            thread,
+        }),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(ClientError::DataSocket {
+                op: "bind cooperation",
+                addr: bind,
+                source: std::io::Error::other(error.to_string()),
+            })
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(ClientError::Internal(
+                "cooperation shard thread ended before it started".into(),
+            ))
+        }
+    }
+}
+
+/// The shard only sends: a small receive side, a send pool deep enough for many GSO batches in flight.
+fn ring_config() -> RingConfig {
+    RingConfig::default()
+        .recv_buffers(16, 4096)
+        .send_buffers(128)
+}
+
+fn socket_config(bind: SocketAddr) -> SocketConfig {
+    SocketConfig::new(bind)
+        .receive(false)
+        .gro(false)
+        .recv_buffer(64 << 10)
+}
+
+/// Pins the calling thread to core `index` of the machine's list (the first when `None`).
+fn pin(index: Option<usize>) {
+    let Some(cores) = core_affinity::get_core_ids() else {
+        tracing::debug!("core ids unavailable: cooperation shard not pinned");
+        return;
+    };
+    let core = cores.get(index.unwrap_or(0)).copied();
+    match core {
+        Some(core) if core_affinity::set_for_current(core) => {
+            tracing::debug!(core = core.id, "cooperation shard pinned")
+        }
+        _ => tracing::warn!(?index, "could not pin the cooperation shard"),
+    }
 }

@@ -52,6 +52,10 @@ pub struct Counters {
     pub coop_dropped_full: AtomicU64,
     /// Control connections made (1 + reconnects).
     pub control_connects: AtomicU64,
+    /// Codec payload bytes the cooperation shard sent to peers (the sender's side of `bytes_from_peers`).
+    pub bytes_to_peers: AtomicU64,
+    /// Data packets the cooperation shard sent to peers.
+    pub packets_to_peers: AtomicU64,
 }
 
 impl Counters {
@@ -113,6 +117,8 @@ impl Counters {
             coop_forwarded: Self::get(&self.coop_forwarded),
             coop_dropped_full: Self::get(&self.coop_dropped_full),
             control_connects: Self::get(&self.control_connects),
+            bytes_to_peers: Self::get(&self.bytes_to_peers),
+            packets_to_peers: Self::get(&self.packets_to_peers),
         }
     }
 }
@@ -175,6 +181,12 @@ pub struct Summary {
     pub coop_dropped_full: u64,
     /// Control connections made (1 + reconnects).
     pub control_connects: u64,
+    /// Codec payload bytes sent to peers by the cooperation shard.
+    #[serde(default)]
+    pub bytes_to_peers: u64,
+    /// Data packets sent to peers by the cooperation shard.
+    #[serde(default)]
+    pub packets_to_peers: u64,
 }
 
 #[cfg(test)]
