@@ -7,6 +7,10 @@
 //! `Start(session)` → receive and decode → `Decoded` → verify → `Verified { ok }`. A `Stop` for the
 //! session being received abandons its partial decode (a later `Start` for the same segment starts
 //! afresh). `Finish`/`Abort` end the loop.
+//! `StartServerOnly` is the refetch of a segment that failed its digest: only packets from the
+//! server's data address with `Origin::Server` are accepted (others counted in
+//! [`SourceBoard::dropped_not_server`]). Peers' packets are tallied per source IP for the cooperation
+//! heartbeats ([`LiveSession::sources`]).
 //!
 //! Drops are counted by reason in [`Counters`]: malformed (bad header, wrong version, segment mismatch,
 //! rejected by the codec), bad MAC (right session, MAC fails), wrong session (a session this client never
@@ -15,6 +19,7 @@
 //! ([`CoopQueue`]) unless it is full.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -28,6 +33,7 @@ use snc::decoder::{Decoder, Progress};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::coop::{CoopQueue, VerifiedPacket};
+use crate::coop_control::sources::{SourceBoard, SourceTally};
 use crate::error::ClientError;
 use crate::output::PartFile;
 use crate::params::session_layout;
@@ -46,6 +52,15 @@ const FINISHED_SESSIONS: usize = 64;
 pub enum DecoderCommand {
     /// Receive and decode this session's segment (fresh decoder).
     Start(SessionMeta),
+    /// Like `Start`, but accept only packets from `server` with `Origin::Server` (the refetch of a
+    /// segment that failed its digest: a polluting peer holds the session key and could forge the
+    /// origin, so the source address is checked too).
+    StartServerOnly {
+        /// The session.
+        meta: SessionMeta,
+        /// The server's data address for it (its IP, `data_port`).
+        server: SocketAddr,
+    },
     /// Stop receiving this session (decoded, or abandoned).
     Stop {
         /// The session.
@@ -79,7 +94,9 @@ pub enum DecoderEvent {
 }
 
 /// Receive statistics of the session being received, published by the decoder thread after every batch
-/// for the control thread's heartbeats and the progress bar.
+/// for the control thread's heartbeats and the progress bar. `packets`, `bytes` and `seq_span` count
+/// the server's packets only (the server paces by them); peers' packets are tallied per source in
+/// `sources`.
 #[derive(Debug, Default)]
 pub struct LiveSession {
     /// Whether a session is being received.
@@ -98,6 +115,8 @@ pub struct LiveSession {
     pub rank: AtomicU32,
     /// Bytes per source symbol of its code.
     pub symbol_size: AtomicU32,
+    /// Per-source tallies of the peers' packets (for the cooperation heartbeats).
+    pub sources: SourceBoard,
 }
 
 /// Everything the decoder thread works with besides the ring and the output.
@@ -157,32 +176,32 @@ fn run_inner(
             Some(command) => command,
             None => idle(ring, socket, ctx, &finished)?,
         };
-        match command {
+        let (session, server_only) = match command {
             DecoderCommand::Finish => return Ok(true),
             DecoderCommand::Abort => return Ok(false),
-            DecoderCommand::Stop { .. } => {}
-            DecoderCommand::Start(session) => {
-                let outcome = receive(ring, socket, part, ctx, &session, &finished)?;
-                if finished.len() == FINISHED_SESSIONS {
-                    finished.pop_front();
-                }
-                finished.push_back(session.session);
-                ctx.live.active.store(false, Ordering::Relaxed);
-                match outcome {
-                    Outcome::Decoded => {
-                        let _ = ctx.events.send(DecoderEvent::Decoded {
-                            segment: session.segment,
-                        });
-                        let ok = verify(part, ctx, session.segment)?;
-                        let _ = ctx.events.send(DecoderEvent::Verified {
-                            segment: session.segment,
-                            ok,
-                        });
-                    }
-                    Outcome::Stopped => {}
-                    Outcome::Command(command) => pending = Some(command),
-                }
+            DecoderCommand::Stop { .. } => continue,
+            DecoderCommand::Start(meta) => (meta, None),
+            DecoderCommand::StartServerOnly { meta, server } => (meta, Some(server)),
+        };
+        let outcome = receive(ring, socket, part, ctx, &session, &finished, server_only)?;
+        if finished.len() == FINISHED_SESSIONS {
+            finished.pop_front();
+        }
+        finished.push_back(session.session);
+        ctx.live.active.store(false, Ordering::Relaxed);
+        match outcome {
+            Outcome::Decoded => {
+                let _ = ctx.events.send(DecoderEvent::Decoded {
+                    segment: session.segment,
+                });
+                let ok = verify(part, ctx, session.segment)?;
+                let _ = ctx.events.send(DecoderEvent::Verified {
+                    segment: session.segment,
+                    ok,
+                });
             }
+            Outcome::Stopped => {}
+            Outcome::Command(command) => pending = Some(command),
         }
     }
 }
@@ -231,6 +250,7 @@ fn receive(
     ctx: &DecoderContext,
     session: &SessionMeta,
     finished: &VecDeque<SessionId>,
+    server_only: Option<SocketAddr>,
 ) -> Result<Outcome, ClientError> {
     let Some(range) = segment_range(&ctx.meta, session.segment) else {
         return Err(ClientError::Protocol {
@@ -262,6 +282,7 @@ fn receive(
     let key = session.key;
     let mut seq_first: Option<u32> = None;
     let mut seq_max: u32 = 0;
+    let mut tally = SourceTally::new(session.session.0);
     let mut dropped_here: u64 = 0;
     let mut complete = decoder.is_complete();
     let started = Instant::now();
@@ -304,6 +325,13 @@ fn receive(
                         dropped_here += 1;
                         return;
                     }
+                    if server_only.is_some_and(|server| {
+                        datagram.source != server || header.origin != Origin::Server
+                    }) {
+                        Counters::add(&live.sources.dropped_not_server, 1);
+                        dropped_here += 1;
+                        return;
+                    }
                     let (header, payload) = match DataPacket::open(&key, bytes) {
                         Ok(opened) => opened,
                         Err(DataError::BadMac) => {
@@ -341,20 +369,24 @@ fn receive(
                         }
                     }
                     Counters::add(&counters.packets_accepted, 1);
-                    let origin_bytes = match header.origin {
-                        Origin::Server => &counters.bytes_from_server,
-                        Origin::Peer => &counters.bytes_from_peers,
-                    };
-                    Counters::add(origin_bytes, payload.len() as u64);
-                    live.packets.fetch_add(1, Ordering::Relaxed);
-                    live.bytes
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                    let first = *seq_first.get_or_insert(header.seq);
-                    seq_max = seq_max.max(header.seq);
-                    live.seq_span.store(
-                        u64::from(seq_max.saturating_sub(first)) + 1,
-                        Ordering::Relaxed,
-                    );
+                    match header.origin {
+                        Origin::Server => {
+                            Counters::add(&counters.bytes_from_server, payload.len() as u64);
+                            live.packets.fetch_add(1, Ordering::Relaxed);
+                            live.bytes
+                                .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                            let first = *seq_first.get_or_insert(header.seq);
+                            seq_max = seq_max.max(header.seq);
+                            live.seq_span.store(
+                                u64::from(seq_max.saturating_sub(first)) + 1,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        Origin::Peer => {
+                            Counters::add(&counters.bytes_from_peers, payload.len() as u64);
+                            tally.record(datagram.source.ip(), header.seq, payload.len() as u64);
+                        }
+                    }
                     if coop.is_full() {
                         Counters::add(&counters.coop_dropped_full, 1);
                     } else {
@@ -373,6 +405,7 @@ fn receive(
         }
         live.rank.store(decoder.rank(), Ordering::Relaxed);
         live.dropped.store(dropped_here, Ordering::Relaxed);
+        live.sources.publish(&mut tally);
     }
     Counters::add(
         &counters.source_packets_decoded,
