@@ -13,10 +13,13 @@
 //!    [`Download::poll_timeout`]).
 //! 3. It stops after [`DownloadAction::Done`] or [`DownloadAction::Failed`].
 //!
-//! Segments are requested one at a time, the first missing one first; completed segments are never
+//! Segments are received one at a time, the first missing one first; completed segments are never
 //! requested again. While a segment is received a `Heartbeat` goes out every `heartbeat_interval`.
-//! When the segment decodes, `StopSegment` goes out at once; when its digest verifies, the next segment
-//! is requested; when the digest fails, the segment is requested again (up to `max_digest_failures`).
+//! When the segment decodes, `StopSegment` goes out at once and the next missing segment is requested
+//! right away, while the driver checks the digest of the decoded one (pipelining: the request's round
+//! trip and the digest check overlap the next segment). A segment whose digest fails is missing again
+//! and is requested once the current one decodes (up to `max_digest_failures` failures). `Done` comes
+//! when every segment verified.
 //! A lost connection (reported by the driver, or a server silent for `server_timeout`) is retried
 //! after an exponential backoff with seeded jitter; the current segment restarts.
 
@@ -170,8 +173,8 @@ enum State {
         last_progress: Instant,
         last_packets: u64,
     },
-    /// Decoded, waiting for the driver's digest verdict.
-    Verifying { segment: u32 },
+    /// Nothing left to request: waiting for the driver's digest verdicts of decoded segments.
+    Waiting,
     /// Finished (Done or Failed emitted).
     Finished,
 }
@@ -182,6 +185,8 @@ pub struct Download {
     config: DownloadConfig,
     meta: FileMeta,
     completed: BTreeSet<u32>,
+    /// Decoded segments whose digest verdict is pending.
+    verifying: BTreeSet<u32>,
     state: State,
     connected: bool,
     /// Last frame from the server (or connection/start instant); `None` before `start`.
@@ -211,6 +216,7 @@ impl Download {
             config,
             meta,
             completed,
+            verifying: BTreeSet::new(),
             state: State::Idle,
             connected: false,
             last_server_frame: None,
@@ -297,7 +303,7 @@ impl Download {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let liveness = self.last_server_frame? + self.config.server_timeout;
         match &self.state {
-            State::Idle | State::Finished | State::Verifying { .. } => None,
+            State::Idle | State::Finished | State::Waiting => None,
             State::Backoff { at } | State::RetryRequest { at } => Some(*at),
             State::Connecting { since } => Some(*since + self.config.server_timeout),
             State::Requesting { since, .. } => {
@@ -378,9 +384,9 @@ impl Download {
         }
     }
 
-    /// The decoder rebuilt segment `segment`: stop the session at once (then verify the digest and
-    /// report [`Download::segment_verified`]).
-    pub fn segment_decoded(&mut self, _now: Instant, segment: u32) {
+    /// The decoder rebuilt segment `segment`: stop the session at once and request the next missing
+    /// segment (then verify the digest and report [`Download::segment_verified`]).
+    pub fn segment_decoded(&mut self, now: Instant, segment: u32) {
         let State::Receiving { meta, .. } = &self.state else {
             return;
         };
@@ -392,17 +398,23 @@ impl Download {
             .push_back(DownloadAction::Send(Frame::StopSegment { session }));
         self.actions
             .push_back(DownloadAction::StopSegment { session, segment });
-        self.state = State::Verifying { segment };
+        self.verifying.insert(segment);
+        self.request_next(now);
+    }
+
+    /// Decoded segments whose digest verdict is pending.
+    pub fn verifying(&self) -> &BTreeSet<u32> {
+        &self.verifying
     }
 
     /// The digest of `segment` matched (`true`; the driver has written it) or not (`false`).
     pub fn segment_verified(&mut self, now: Instant, segment: u32, ok: bool) {
-        if self.state != (State::Verifying { segment }) {
+        if self.state == State::Finished || !self.verifying.remove(&segment) {
             return;
         }
         if ok {
             self.completed.insert(segment);
-            if self.next_missing().is_none() {
+            if self.next_missing().is_none() && self.verifying.is_empty() {
                 if self.config.exit_when_done && self.connected {
                     self.actions.push_back(DownloadAction::Send(Frame::Exit));
                 }
@@ -425,10 +437,10 @@ impl Download {
                 return;
             }
         }
-        if self.connected {
+        // A segment is being requested or received meanwhile: the failed one waits its turn. Idle
+        // (waiting for verdicts): it is requested now. Disconnected: the reconnect requests it.
+        if self.state == State::Waiting && self.connected {
             self.request_next(now);
-        } else {
-            self.backoff(now);
         }
     }
 
@@ -439,7 +451,7 @@ impl Download {
         };
         let silent = now >= last_server_frame + self.config.server_timeout;
         match self.state.clone() {
-            State::Idle | State::Finished | State::Verifying { .. } => {}
+            State::Idle | State::Finished | State::Waiting => {}
             State::Backoff { at } => {
                 if now >= at {
                     self.state = State::Connecting { since: now };
@@ -509,8 +521,10 @@ impl Download {
         }
     }
 
+    /// The first segment neither complete nor waiting for its digest verdict.
     fn next_missing(&self) -> Option<u32> {
-        (0..self.meta.segment_count).find(|s| !self.completed.contains(s))
+        (0..self.meta.segment_count)
+            .find(|s| !self.completed.contains(s) && !self.verifying.contains(s))
     }
 
     fn announce(&mut self) {
@@ -537,7 +551,11 @@ impl Download {
 
     fn request_next(&mut self, now: Instant) {
         let Some(segment) = self.next_missing() else {
-            self.finish_done();
+            if self.verifying.is_empty() {
+                self.finish_done();
+            } else {
+                self.state = State::Waiting;
+            }
             return;
         };
         self.requests.push(segment);
@@ -622,10 +640,6 @@ impl Download {
             self.actions.push_back(DownloadAction::Disconnect);
         }
         self.connected = false;
-        if let State::Verifying { .. } = self.state {
-            // Keep waiting for the digest verdict; reconnect afterwards.
-            return;
-        }
         self.backoff(now);
     }
 

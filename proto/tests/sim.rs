@@ -881,7 +881,8 @@ fn digest_failure_restarts_the_segment_then_gives_up_after_the_limit() {
         Sim::all_finished,
     );
     assert_eq!(sim.nodes[a].outcome, Some(Ok(())));
-    assert_eq!(sim.nodes[a].dl.requests_sent(), &[0, 1, 1, 1, 2]);
+    // Pipelined: segment 2 is requested as soon as 1 decodes; the failed 1 comes back after it.
+    assert_eq!(sim.nodes[a].dl.requests_sent(), &[0, 1, 2, 1, 1]);
     assert_eq!(
         sim.nodes[b].outcome,
         Some(Err(DownloadError::DigestMismatch {
@@ -1481,7 +1482,7 @@ fn download_rejects_mismatched_session_meta_and_fatal_errors() {
         },
     );
     assert_eq!(dl.server_rate_bps(), 123);
-    // Decoded: StopSegment at once, then the next segment once verified.
+    // Decoded: StopSegment at once and the next segment requested before the verdict.
     dl.segment_decoded(hb, 0);
     assert_eq!(
         dl.poll_action(),
@@ -1496,13 +1497,12 @@ fn download_rejects_mismatched_session_meta_and_fatal_errors() {
             segment: 0
         })
     );
-    assert_eq!(
-        dl.poll_timeout(),
-        None,
-        "no timer while the digest is being checked"
-    );
-    dl.segment_verified(hb, 0, true);
     assert_eq!(dl.poll_action(), Some(DownloadAction::Send(req(1, 0))));
+    assert_eq!(dl.verifying().iter().copied().collect::<Vec<_>>(), [0]);
+    dl.segment_verified(hb, 0, true);
+    assert!(dl.verifying().is_empty());
+    assert!(dl.completed().contains(&0));
+    assert_eq!(dl.poll_action(), None, "the verdict sends nothing more");
 }
 
 #[test]
@@ -1729,4 +1729,84 @@ fn next_segment_starts_at_the_rate_the_client_reached() {
     let slow2 = session_of(handle(&mut t, now, 2, req(3, 2), &meta)).session;
     assert_eq!(t.session(fast2).unwrap().receivers[0].rate_bps, fast_rate);
     assert_eq!(t.session(slow2).unwrap().receivers[0].rate_bps, 100_000_000);
+}
+
+/// Pipelining: the next segment is requested when the current one decodes, before its digest
+/// verdict; a failed verdict makes the segment missing again (requested after the current one);
+/// `Done` waits for the last verdict, and a late verdict after a reconnect still counts.
+#[test]
+fn next_segment_is_requested_at_decode_and_done_waits_for_every_verdict() {
+    let t0 = Instant::now();
+    let meta = file_meta(3 * 100_000, 5);
+    let mut dl = Download::new(DownloadConfig::new(NodeId(1), addr(0)), meta.clone(), []);
+    let actions = |dl: &mut Download| std::iter::from_fn(|| dl.poll_action()).collect::<Vec<_>>();
+    let sm = |session: u32, segment: u32| {
+        Frame::SessionMeta(SessionMeta {
+            session: SessionId(session),
+            name: NAME.into(),
+            segment,
+            data_port: 1,
+            code: code(),
+            key: SessionKey([1; 32]),
+            segment_len: 100_000,
+            version: 5,
+        })
+    };
+    let stop = |session: u32, segment: u32| {
+        vec![
+            DownloadAction::Send(Frame::StopSegment {
+                session: SessionId(session),
+            }),
+            DownloadAction::StopSegment {
+                session: SessionId(session),
+                segment,
+            },
+        ]
+    };
+    dl.start(t0, true);
+    assert_eq!(actions(&mut dl), [DownloadAction::Send(req(0, 0))]);
+    dl.handle_frame(t0, sm(10, 0));
+    assert!(matches!(&actions(&mut dl)[..], [DownloadAction::StartSegment(m)] if m.segment == 0));
+    // Segment 0 decodes: stop it and ask for 1 at once.
+    dl.segment_decoded(t0, 0);
+    let mut want = stop(10, 0);
+    want.push(DownloadAction::Send(req(1, 0)));
+    assert_eq!(actions(&mut dl), want);
+    // The verdict of 0 (bad) arrives while 1 is requested: nothing is sent now.
+    dl.segment_verified(t0, 0, false);
+    assert_eq!(actions(&mut dl), []);
+    assert_eq!(dl.digest_failures(0), 1);
+    dl.handle_frame(t0, sm(11, 1));
+    assert!(matches!(&actions(&mut dl)[..], [DownloadAction::StartSegment(m)] if m.segment == 1));
+    // 1 decodes: the failed 0 comes next, before 2.
+    dl.segment_decoded(t0, 1);
+    let mut want = stop(11, 1);
+    want.push(DownloadAction::Send(req(0, 0)));
+    assert_eq!(actions(&mut dl), want);
+    dl.segment_verified(t0, 1, true);
+    dl.handle_frame(t0, sm(12, 0));
+    actions(&mut dl);
+    dl.segment_decoded(t0, 0);
+    let mut want = stop(12, 0);
+    want.push(DownloadAction::Send(req(2, 0)));
+    assert_eq!(actions(&mut dl), want);
+    dl.handle_frame(t0, sm(13, 2));
+    actions(&mut dl);
+    // 2 decodes while 0's verdict is still pending: nothing left to request, not done yet.
+    dl.segment_decoded(t0, 2);
+    assert_eq!(actions(&mut dl), stop(13, 2));
+    assert_eq!(dl.verifying().iter().copied().collect::<Vec<_>>(), [0, 2]);
+    assert!(!dl.is_finished());
+    assert_eq!(dl.poll_timeout(), None, "no timer while only verdicts are pending");
+    // A verdict for a segment that is not being verified is ignored.
+    dl.segment_verified(t0, 1, false);
+    assert_eq!(dl.digest_failures(1), 0);
+    // The connection drops meanwhile; the verdicts still complete the download.
+    dl.handle_disconnected(t0);
+    actions(&mut dl);
+    dl.segment_verified(t0, 2, true);
+    assert_eq!(actions(&mut dl), []);
+    dl.segment_verified(t0, 0, true);
+    assert_eq!(actions(&mut dl), [DownloadAction::Done]);
+    assert_eq!(dl.requests_sent(), &[0, 1, 0, 2]);
 }
