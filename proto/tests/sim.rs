@@ -1797,7 +1797,11 @@ fn next_segment_is_requested_at_decode_and_done_waits_for_every_verdict() {
     assert_eq!(actions(&mut dl), stop(13, 2));
     assert_eq!(dl.verifying().iter().copied().collect::<Vec<_>>(), [0, 2]);
     assert!(!dl.is_finished());
-    assert_eq!(dl.poll_timeout(), None, "no timer while only verdicts are pending");
+    assert_eq!(
+        dl.poll_timeout(),
+        None,
+        "no timer while only verdicts are pending"
+    );
     // A verdict for a segment that is not being verified is ignored.
     dl.segment_verified(t0, 1, false);
     assert_eq!(dl.digest_failures(1), 0);
