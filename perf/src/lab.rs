@@ -628,6 +628,28 @@ impl Lab {
         Ok(counters)
     }
 
+    /// What `host`'s `eth0` has transmitted so far: (bytes, packets), Ethernet frames as the veth
+    /// counts them (after GSO segmentation, so one per datagram; 42 header bytes each for UDP/IPv4).
+    pub fn tx_counters(&self, host: Host) -> Result<(u64, u64), LabError> {
+        let netns = self.netns(host);
+        let output = self.ip(&["-n", &netns, "-s", "-j", "link", "show", "dev", "eth0"])?;
+        let parsed: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(|e| LabError::Command {
+                command: format!("ip -n {netns} -s -j link show dev eth0"),
+                status: "unparsable output".into(),
+                stderr: e.to_string(),
+            })?;
+        let tx = &parsed[0]["stats64"]["tx"];
+        match (tx["bytes"].as_u64(), tx["packets"].as_u64()) {
+            (Some(bytes), Some(packets)) => Ok((bytes, packets)),
+            _ => Err(LabError::Command {
+                command: format!("ip -n {netns} -s -j link show dev eth0"),
+                status: "no stats64.tx in the output".into(),
+                stderr: String::from_utf8_lossy(&output.stdout).into_owned(),
+            }),
+        }
+    }
+
     fn command_in(&self, netns: &str, program: &Path) -> Command {
         let mut command = Command::new(&self.tools.ip);
         command.args(["netns", "exec", netns]).arg(program);

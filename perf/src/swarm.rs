@@ -81,6 +81,26 @@ pub struct SwarmArgs {
     /// Directory holding ccfd-server and ccfd-client (default: the directory of this executable).
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Clients' upload cap (`ccfd-client --upload-rate`) in bits/s, e.g. 200mbit; default: --rate
+    /// in the lab, none on loopback. Passed only when the client supports it.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+    upload_rate: Option<u64>,
+    /// How long a finished client keeps serving its peers (`ccfd-client --linger`), e.g. 3s;
+    /// default: the client's own. Passed only when the client supports it.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    linger: Option<Duration>,
+    /// Clients do not cooperate (`ccfd-client --no-coop`): every byte comes from the server. For
+    /// comparison with the cooperative run.
+    #[arg(long)]
+    no_coop: bool,
+    /// The server's egress cap (`ccfd-server --max-rate`) in bits/s; default: --rate in the lab,
+    /// none on loopback.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+    server_max_rate: Option<u64>,
+    /// Run in the network-namespace lab even without --rate/--loss (no shaping), e.g. to read the
+    /// server's egress from its veth counter.
+    #[arg(long)]
+    lab: bool,
     /// Fault injection (for tests): the first N clients ask for a file the server does not have.
     #[arg(long, hide = true, default_value_t = 0)]
     missing_name_clients: u16,
@@ -153,6 +173,7 @@ struct Live {
     total: Option<u64>,
     from_server: u64,
     from_peers: u64,
+    to_peers: u64,
     /// (seconds since the clients started, bytes done).
     samples: Vec<(f64, u64)>,
     log_tail: VecDeque<String>,
@@ -271,6 +292,7 @@ fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant) {
                 live.total = field("file_size").or(live.total);
                 live.from_server = field("bytes_from_server").unwrap_or(live.from_server);
                 live.from_peers = field("bytes_from_peers").unwrap_or(live.from_peers);
+                live.to_peers = field("bytes_to_peers").unwrap_or(live.to_peers);
                 let sample = (t0.elapsed().as_secs_f64(), live.bytes);
                 live.samples.push(sample);
             }
@@ -291,10 +313,16 @@ struct ClientRow {
     address: String,
     ok: bool,
     exit: String,
+    /// Seconds from the start of the clients until its output file was complete (renamed into
+    /// place), or until it exited when that was not seen.
     seconds: Option<f64>,
+    /// Seconds until the process exited (includes `--linger`).
+    exit_seconds: Option<f64>,
     goodput_mbit_per_s: Option<f64>,
     bytes_from_server: Option<u64>,
     bytes_from_peers: Option<u64>,
+    bytes_to_peers: Option<u64>,
+    packets_to_peers: Option<u64>,
     packets_received: Option<u64>,
     packets_dropped: Option<u64>,
     decode_overhead: Option<f64>,
@@ -323,6 +351,30 @@ struct Report {
     slowest_to_t_min: Option<f64>,
     /// Datagrams dropped by the lab's loss rules (nftables counters), with `--loss`.
     wire_drops: Option<u64>,
+    /// Whether the clients cooperated (they support it and --no-coop was not given).
+    coop: bool,
+    /// Options passed to every client beyond the basics.
+    client_options: Vec<String>,
+    /// Options asked for that the client does not support (not passed).
+    client_options_unsupported: Vec<String>,
+    /// The server's `--max-rate`, bits/s.
+    server_max_rate_bits_per_s: Option<u64>,
+    /// Data bytes the server sent (its statistics line at shutdown: UDP payloads).
+    server_bytes_sent: Option<u64>,
+    /// Data packets the server sent.
+    server_packets_sent: Option<u64>,
+    /// `server_bytes_sent / file_bytes`.
+    server_copies: Option<f64>,
+    /// `server_bytes_sent` over the slowest client's time, Mbit/s.
+    server_egress_mbit_per_s: Option<f64>,
+    /// Bytes the server's veth sent during the run (lab only; Ethernet frames).
+    server_veth_tx_bytes: Option<u64>,
+    /// Frames the server's veth sent during the run (lab only).
+    server_veth_tx_packets: Option<u64>,
+    /// `server_veth_tx_bytes / file_bytes`.
+    server_veth_copies: Option<f64>,
+    /// The server veth's rate between 10 % and 90 % of its final byte count (lab only), Mbit/s.
+    server_veth_steady_mbit_per_s: Option<f64>,
     timeout_seconds: f64,
     still_running_at_timeout: Vec<String>,
     per_client: Vec<ClientRow>,
@@ -453,24 +505,110 @@ fn find_binaries(bin_dir: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
     Ok((find("ccfd-server")?, find("ccfd-client")?))
 }
 
-/// Which optional flags `ccfd-client get` supports.
-fn client_flags(client: &Path) -> (bool, bool) {
+/// Which optional flags `ccfd-client get` supports (from its `--help`).
+#[derive(Debug, Clone, Copy, Default)]
+struct ClientFlags {
+    progress_json: bool,
+    no_progress: bool,
+    upload_rate: bool,
+    linger: bool,
+    no_coop: bool,
+}
+
+fn client_flags(client: &Path) -> ClientFlags {
     let help = Command::new(client)
         .args(["get", "--help"])
         .stdin(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    (
-        help.contains("--progress-json"),
-        help.contains("--no-progress"),
-    )
+    ClientFlags {
+        progress_json: help.contains("--progress-json"),
+        no_progress: help.contains("--no-progress"),
+        upload_rate: help.contains("--upload-rate"),
+        linger: help.contains("--linger"),
+        no_coop: help.contains("--no-coop"),
+    }
+}
+
+/// The cooperation options for every client: (arguments passed, options asked for but unsupported,
+/// whether clients cooperate).
+fn coop_options(args: &SwarmArgs, flags: ClientFlags) -> (Vec<String>, Vec<String>, bool) {
+    let mut passed = Vec::new();
+    let mut unsupported = Vec::new();
+    let upload = args.upload_rate.or(args.rate);
+    if let Some(rate) = upload {
+        if flags.upload_rate {
+            passed.extend(["--upload-rate".to_owned(), format!("{rate}bit")]);
+        } else if args.upload_rate.is_some() {
+            unsupported.push("--upload-rate".to_owned());
+        }
+    }
+    if let Some(linger) = args.linger {
+        if flags.linger {
+            passed.extend(["--linger".to_owned(), format!("{}ms", linger.as_millis())]);
+        } else {
+            unsupported.push("--linger".to_owned());
+        }
+    }
+    if args.no_coop {
+        if flags.no_coop {
+            passed.push("--no-coop".to_owned());
+        } else {
+            // A client without cooperation does not cooperate anyway.
+            unsupported.push("--no-coop".to_owned());
+        }
+    }
+    // `--no-coop` exists exactly when the client can cooperate.
+    let coop = flags.no_coop && !args.no_coop;
+    (passed, unsupported, coop)
+}
+
+/// The server's statistics line at shutdown: (bytes sent, packets sent).
+fn server_totals(stdout: &str) -> Option<(u64, u64)> {
+    stdout.lines().rev().find_map(|line| {
+        let v: Value = serde_json::from_str(line.trim()).ok()?;
+        if v.get("event").and_then(Value::as_str) != Some("stopped") {
+            return None;
+        }
+        Some((
+            v.get("bytes_sent")?.as_u64()?,
+            v.get("packets_sent")?.as_u64()?,
+        ))
+    })
+}
+
+/// The rate between the moments a cumulative counter passed 10 % and 90 % of its final increase,
+/// from (seconds, value) samples; bits per second of a byte counter.
+fn steady_rate_bps(samples: &[(f64, u64)]) -> Option<f64> {
+    let (&(_, first), &(_, last)) = (samples.first()?, samples.last()?);
+    let total = last.checked_sub(first)?;
+    if total == 0 {
+        return None;
+    }
+    let crossing = |fraction: f64| {
+        let target = first as f64 + fraction * total as f64;
+        samples.windows(2).find_map(|w| {
+            let ((t0, v0), (t1, v1)) = (w[0], w[1]);
+            ((v0 as f64) <= target && (v1 as f64) >= target && v1 > v0).then(|| {
+                (
+                    t0 + (t1 - t0) * (target - v0 as f64) / (v1 - v0) as f64,
+                    target,
+                )
+            })
+        })
+    };
+    let (t10, v10) = crossing(0.1)?;
+    let (t90, v90) = crossing(0.9)?;
+    (t90 > t10).then(|| (v90 - v10) * 8.0 / (t90 - t10))
 }
 
 /// Runs `ccfd-perf swarm`.
 pub fn run(args: &SwarmArgs) -> Result<()> {
     let (server_bin, client_bin) = find_binaries(args.bin_dir.as_deref())?;
-    let (progress_json, no_progress) = client_flags(&client_bin);
+    let flags = client_flags(&client_bin);
+    let (progress_json, no_progress) = (flags.progress_json, flags.no_progress);
+    let (coop_args, coop_unsupported, coop) = coop_options(args, flags);
     lab::install_signal_teardown().context("installing the SIGINT/SIGTERM handler")?;
     let clients = usize::from(args.clients);
     let missing = usize::from(args.missing_name_clients).min(clients);
@@ -514,7 +652,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     std::fs::create_dir(&out_dir)?;
 
     // Network: loopback addresses, or the namespace lab.
-    let lab_wanted = args.rate.is_some() || args.loss.is_some();
+    let lab_wanted = args.lab || args.rate.is_some() || args.loss.is_some();
     let net = if lab_wanted {
         let config = LabConfig {
             rate_bps: args.rate,
@@ -546,8 +684,9 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         .arg(server_addr.to_string())
         .arg("--udp-base")
         .arg(udp_base.to_string());
-    if let Some(rate) = args.rate {
-        // The operator's setting for a server whose uplink is `rate`.
+    // The operator's setting for a server whose uplink is `rate`, unless given explicitly.
+    let server_max_rate = args.server_max_rate.or(args.rate);
+    if let Some(rate) = server_max_rate {
         command.arg("--max-rate").arg(format!("{rate}bit"));
     }
     let mut server = Proc::spawn("ccfd-server".into(), command, t_start)?;
@@ -579,7 +718,16 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         "{prefix:>18} {bar:28} {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
+    // The server veth's counter (lab only): a baseline now, samples during the run.
+    let veth = |net: &Net| match net {
+        Net::Lab(lab) => lab.tx_counters(Host::Server).ok(),
+        Net::Loopback { .. } => None,
+    };
+    let veth_start = veth(&net);
     let t0 = Instant::now();
+    let mut veth_samples: Vec<(f64, u64)> = veth_start.map(|(b, _)| (0.0, b)).into_iter().collect();
+    let mut next_veth_sample = t0;
+    let mut done_at: Vec<Option<Instant>> = vec![None; clients];
     let mut procs = Vec::with_capacity(clients);
     let mut bars = Vec::with_capacity(clients);
     for k in 1..=clients {
@@ -602,6 +750,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         if no_progress {
             command.arg("--no-progress");
         }
+        command.args(&coop_args);
         procs.push(Proc::spawn(format!("client {k} ({ip})"), command, t0)?);
         let bar = multi.add(ProgressBar::new(file_bytes));
         bar.set_style(style.clone());
@@ -613,7 +762,18 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     let mut failures = Vec::new();
     let mut still_running = Vec::new();
     loop {
-        for (proc, bar) in procs.iter_mut().zip(&bars) {
+        if veth_start.is_some() && Instant::now() >= next_veth_sample {
+            next_veth_sample += Duration::from_millis(100);
+            if let Some((bytes, _)) = veth(&net) {
+                veth_samples.push((t0.elapsed().as_secs_f64(), bytes));
+            }
+        }
+        for (index, (proc, bar)) in procs.iter_mut().zip(&bars).enumerate() {
+            // Complete when its output is renamed into place (before any --linger).
+            if done_at[index].is_none() && out_dir.join(format!("client{}.out", index + 1)).exists()
+            {
+                done_at[index] = Some(Instant::now());
+            }
             let ended = proc.poll();
             if let Ok(live) = proc.live.lock() {
                 bar.set_position(live.bytes);
@@ -668,10 +828,14 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             ));
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
     for proc in &mut procs {
         proc.stop();
+    }
+    let veth_end = veth(&net);
+    if let Some((bytes, _)) = veth_end {
+        veth_samples.push((t0.elapsed().as_secs_f64(), bytes));
     }
     server.stop();
     let _ = multi.clear();
@@ -696,9 +860,12 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         } else {
             None
         };
-        let seconds = ended_at
+        let exit_seconds = ended_at
             .filter(|_| exited_ok)
             .map(|at| at.duration_since(t0).as_secs_f64());
+        let seconds = exit_seconds.map(|exit| {
+            done_at[index].map_or(exit, |at| at.duration_since(t0).as_secs_f64().min(exit))
+        });
         let number = |key: &str| {
             summary
                 .as_ref()
@@ -745,9 +912,12 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             ok: error.is_none(),
             exit: status.map_or("still running (stopped)".into(), |s| s.to_string()),
             seconds,
+            exit_seconds,
             goodput_mbit_per_s: seconds.map(|s| file_bytes as f64 * 8.0 / s / 1e6),
             bytes_from_server: number("bytes_from_server"),
             bytes_from_peers: number("bytes_from_peers"),
+            bytes_to_peers: number("bytes_to_peers"),
+            packets_to_peers: number("packets_to_peers"),
             packets_received: number("packets_received"),
             packets_dropped: dropped,
             decode_overhead: summary
@@ -760,7 +930,8 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             samples,
         });
     }
-    server.collect_stdout();
+    let server_stdout = server.collect_stdout();
+    let totals = server_totals(&server_stdout);
 
     let wire_drops = match &net {
         Net::Lab(lab) if args.loss.is_some_and(|l| l > 0.0) => {
@@ -793,6 +964,20 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         slowest_seconds: slowest,
         slowest_to_t_min: slowest.zip(t_min).map(|(s, t)| s / t),
         wire_drops,
+        coop,
+        client_options: coop_args.clone(),
+        client_options_unsupported: coop_unsupported.clone(),
+        server_max_rate_bits_per_s: server_max_rate,
+        server_bytes_sent: totals.map(|t| t.0),
+        server_packets_sent: totals.map(|t| t.1),
+        server_copies: totals.map(|t| t.0 as f64 / file_bytes.max(1) as f64),
+        server_egress_mbit_per_s: totals.zip(slowest).map(|(t, s)| t.0 as f64 * 8.0 / s / 1e6),
+        server_veth_tx_bytes: veth_start.zip(veth_end).map(|(a, b)| b.0 - a.0),
+        server_veth_tx_packets: veth_start.zip(veth_end).map(|(a, b)| b.1 - a.1),
+        server_veth_copies: veth_start
+            .zip(veth_end)
+            .map(|(a, b)| (b.0 - a.0) as f64 / file_bytes.max(1) as f64),
+        server_veth_steady_mbit_per_s: steady_rate_bps(&veth_samples).map(|r| r / 1e6),
         timeout_seconds: args.timeout.as_secs_f64(),
         still_running_at_timeout: still_running,
         per_client: rows,
@@ -854,20 +1039,26 @@ fn print_table(report: &Report) {
         ),
     };
     println!(
-        "ccfd swarm: {} clients, {:.1} MiB file (blake3 {}...), {net}",
+        "ccfd swarm: {} clients, {:.1} MiB file (blake3 {}...), {net}, {}",
         report.clients,
         report.file_bytes as f64 / f64::from(1u32 << 20),
-        &report.file_blake3[..16]
+        &report.file_blake3[..16],
+        if report.coop {
+            "cooperating"
+        } else {
+            "no cooperation"
+        }
     );
     let with_ratio = report.t_min_seconds.is_some();
     print!(
-        "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>9} {:>9} {:>8} {:>6}",
+        "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>11} {:>9} {:>9} {:>8} {:>6}",
         "client",
         "address",
         "time s",
         "goodput Mb/s",
         "server MiB",
         "peers MiB",
+        "to peers",
         "dropped",
         "overhead",
         "digest",
@@ -879,7 +1070,7 @@ fn print_table(report: &Report) {
     println!();
     for row in &report.per_client {
         print!(
-            "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>9} {:>9} {:>8} {:>6}",
+            "{:>6} {:>16} {:>9} {:>12} {:>12} {:>11} {:>11} {:>9} {:>9} {:>8} {:>6}",
             row.client,
             row.address,
             row.seconds.map_or("-".into(), |s| format!("{s:.2}")),
@@ -887,6 +1078,7 @@ fn print_table(report: &Report) {
                 .map_or("-".into(), |g| format!("{g:.1}")),
             mib(row.bytes_from_server),
             mib(row.bytes_from_peers),
+            mib(row.bytes_to_peers),
             row.packets_dropped.map_or("-".into(), |d| d.to_string()),
             row.decode_overhead
                 .map_or("-".into(), |o| format!("{:.2}%", o * 100.0)),
@@ -922,6 +1114,35 @@ fn print_table(report: &Report) {
     if let Some(drops) = report.wire_drops {
         println!("datagrams dropped on the wire by the lab's loss rules: {drops}");
     }
+    if let (Some(bytes), Some(copies)) = (report.server_bytes_sent, report.server_copies) {
+        print!(
+            "server sent {:.1} MiB = {copies:.3} x the file",
+            bytes as f64 / f64::from(1u32 << 20)
+        );
+        if let Some(rate) = report.server_egress_mbit_per_s {
+            print!(", {rate:.1} Mbit/s over the slowest client's time");
+        }
+        if let Some(cap) = report.server_max_rate_bits_per_s {
+            print!(" (--max-rate {:.0} Mbit/s)", cap as f64 / 1e6);
+        }
+        println!();
+    }
+    if let (Some(bytes), Some(copies)) = (report.server_veth_tx_bytes, report.server_veth_copies) {
+        print!(
+            "server veth sent {:.1} MiB = {copies:.3} x the file",
+            bytes as f64 / f64::from(1u32 << 20)
+        );
+        if let Some(rate) = report.server_veth_steady_mbit_per_s {
+            print!(", steady {rate:.1} Mbit/s (10-90 %)");
+        }
+        println!();
+    }
+    if !report.client_options_unsupported.is_empty() {
+        println!(
+            "not supported by this ccfd-client (not passed): {}",
+            report.client_options_unsupported.join(" ")
+        );
+    }
     if !report.ok {
         println!("FAILED: {}", report.failures.join("; "));
     }
@@ -951,6 +1172,27 @@ mod tests {
         let t = t_min_seconds(256 << 20, 4, 200_000_000);
         assert!((t - 10.737).abs() < 0.01, "{t}");
         assert!((t_min_seconds(256 << 20, 8, 200_000_000) - t).abs() < 1e-9);
+    }
+
+    #[test]
+    fn steady_rate_ignores_ramp_and_tail() {
+        // 0.5 s idle, then 100 bytes per 0.1 s (8 kbit/s) for 2 s, then idle.
+        let mut samples = vec![(0.0, 0), (0.5, 0)];
+        for i in 1..=20 {
+            samples.push((0.5 + f64::from(i) * 0.1, 100 * i as u64));
+        }
+        samples.push((4.0, 2000));
+        let rate = steady_rate_bps(&samples).unwrap();
+        assert!((rate - 8000.0).abs() < 1.0, "{rate}");
+        assert_eq!(steady_rate_bps(&[(0.0, 5), (1.0, 5)]), None);
+    }
+
+    #[test]
+    fn server_totals_come_from_the_stopped_line() {
+        let out =
+            "listening 1.2.3.4:5\n{\"event\":\"stopped\",\"packets_sent\":7,\"bytes_sent\":9000}\n";
+        assert_eq!(server_totals(out), Some((9000, 7)));
+        assert_eq!(server_totals("listening 1.2.3.4:5\n"), None);
     }
 
     #[test]
