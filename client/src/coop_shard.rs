@@ -24,7 +24,9 @@ use crate::coop::VerifiedPacket;
 use crate::error::ClientError;
 use crate::stats::Counters;
 
+pub mod rate;
 mod run;
+pub mod source;
 
 /// One stream to one asking peer: the inbound link the ask came on and the asker's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,18 +1,28 @@
 //! The cooperation shard's data plane on its own: the real shard thread (ring, UDP socket on
-//! 127.78.x.y), a real output file mapped read-only, real snc encoders/decoders on the receiving end.
+//! 127.78.x.y), a real output file mapped read-only, real snc encoders feeding the recoding queue and a
+//! real snc decoder on the receiving socket, which opens every packet with the asker's session key.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ccfd_client::coop::CoopQueue;
-use ccfd_client::coop_shard::{spawn, ServeCommand, ServeSetup};
+use ccfd_client::coop::{CoopQueue, VerifiedPacket};
+use ccfd_client::coop_shard::source::segment_layout;
+use ccfd_client::coop_shard::{spawn, ServeCommand, ServeHandle, ServeSetup, StreamId};
 use ccfd_client::stats::Counters;
-use ccfd_proto::{CodeKind, CodeParamsWire, FieldKind, FileMeta};
+use ccfd_proto::{
+    CodeKind, CodeParamsWire, DataPacket, FieldKind, FileMeta, LinkId, Origin, ServeSource,
+    SessionId, SessionKey,
+};
+use snc::decoder::{Decoder, Progress};
+use snc::encoder::{Encoder, Stream};
+use snc::packet::{self, Header};
 
 const SEGMENT: usize = 96 * 1024;
+const KEY: SessionKey = SessionKey([42; 32]);
 
-fn wire() -> CodeParamsWire {
+fn wire(systematic: bool, field: FieldKind) -> CodeParamsWire {
     CodeParamsWire {
         segment_size: SEGMENT as u64,
         symbol_size: 1024,
@@ -20,35 +30,144 @@ fn wire() -> CodeParamsWire {
         subgen_size: 64,
         stride: 16,
         checks: 0,
-        field: FieldKind::Gf2,
-        systematic: false,
+        field,
+        systematic,
     }
 }
 
-fn meta(size: usize) -> FileMeta {
+fn meta(size: usize, systematic: bool, field: FieldKind) -> FileMeta {
+    let mut code = wire(systematic, field);
+    let full = ccfd_client::params::code_params(&code, SEGMENT.min(size) as u64)
+        .checks(None)
+        .validate()
+        .unwrap();
+    code.checks = full.check_count();
     FileMeta {
         name: "f".into(),
         size: size as u64,
         segment_size: SEGMENT as u64,
         segment_count: size.div_ceil(SEGMENT) as u32,
-        code: wire(),
+        code,
         digests: vec![[0; 32]; size.div_ceil(SEGMENT)],
         version: 1,
     }
 }
 
-fn setup(ip: &str, output: &std::path::Path, size: usize) -> (ServeSetup, CoopQueue) {
-    let queue = CoopQueue::new(1024);
-    let setup = ServeSetup {
-        meta: meta(size),
+fn content(len: usize, seed: &str) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
+struct Shard {
+    handle: ServeHandle,
+    queue: CoopQueue,
+    counters: Arc<Counters>,
+}
+
+fn start_shard(ip: &str, meta: FileMeta, output: &Path, cap: Option<u64>) -> Shard {
+    let queue = CoopQueue::new(4096);
+    let counters = Arc::new(Counters::default());
+    let handle = spawn(ServeSetup {
+        meta,
         output_path: output.to_path_buf(),
         bind_ip: ip.parse::<IpAddr>().unwrap(),
-        upload_rate_bps: None,
+        upload_rate_bps: cap,
         queue: queue.consumer(),
-        counters: Arc::new(Counters::default()),
+        counters: Arc::clone(&counters),
         core: None,
-    };
-    (setup, queue)
+    })
+    .unwrap();
+    Shard {
+        handle,
+        queue,
+        counters,
+    }
+}
+
+fn stream(link: u64, session: u32) -> StreamId {
+    StreamId {
+        link: LinkId(link),
+        session: SessionId(session),
+    }
+}
+
+fn receiver(ip: &str) -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind((ip, 0)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// Receives until the segment decodes (or `timeout`), checking every packet's MAC, header and kind;
+/// returns the decoded bytes and the packets received.
+fn receive_segment(
+    socket: &UdpSocket,
+    from: SocketAddr,
+    meta: &FileMeta,
+    segment: u32,
+    session: u32,
+    timeout: Duration,
+) -> (Vec<u8>, u64) {
+    let layout = segment_layout(meta, segment).unwrap();
+    let mut out = vec![0u8; layout.segment_len() as usize];
+    let mut decoder = Decoder::new(&layout, &mut out).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut packets = 0u64;
+    let mut expected_seq = 0u32;
+    let deadline = Instant::now() + timeout;
+    while !decoder.is_complete() {
+        assert!(
+            Instant::now() < deadline,
+            "segment {segment} not decoded after {packets} packets (rank {})",
+            decoder.rank()
+        );
+        let Ok((n, source)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        assert_eq!(source, from);
+        let (header, payload) = DataPacket::open(&KEY, &buf[..n]).expect("MAC under the key");
+        assert_eq!(header.origin, Origin::Peer);
+        assert_eq!(header.session, SessionId(session));
+        assert_eq!(header.segment, segment);
+        assert!(header.seq >= expected_seq, "seq goes backwards");
+        expected_seq = header.seq + 1;
+        let view = packet::parse(&layout, payload).unwrap();
+        assert!(
+            !matches!(view.header, Header::Systematic { .. }),
+            "a peer sent a systematic packet"
+        );
+        packets += 1;
+        match decoder.push(payload).unwrap() {
+            Progress::Complete | Progress::Innovative | Progress::Redundant => {}
+        }
+    }
+    drop(decoder);
+    (out, packets)
+}
+
+/// Datagrams arriving within `window`.
+fn count_arrivals(socket: &UdpSocket, window: Duration) -> (u64, u64) {
+    let mut buf = vec![0u8; 65536];
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            packets += 1;
+            bytes += n as u64;
+        }
+    }
+    (packets, bytes)
+}
+
+fn exit(shard: Shard) {
+    assert!(shard.handle.send(ServeCommand::Exit));
+    shard.handle.thread.join().unwrap().unwrap();
 }
 
 #[test]
@@ -56,18 +175,224 @@ fn exit_and_disconnect_end_the_thread() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.part");
     std::fs::write(&output, vec![0u8; SEGMENT]).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
 
-    let (s, _queue) = setup("127.78.1.1", &output, SEGMENT);
-    let handle = spawn(s).unwrap();
-    assert_eq!(handle.local_addr.ip().to_string(), "127.78.1.1");
-    assert!(handle.send(ServeCommand::Exit));
-    handle.thread.join().unwrap().unwrap();
+    let shard = start_shard("127.78.1.1", m.clone(), &output, None);
+    assert_eq!(shard.handle.local_addr.ip().to_string(), "127.78.1.1");
+    exit(shard);
 
-    let (s, _queue) = setup("127.78.1.1", &output, SEGMENT);
-    let handle = spawn(s).unwrap();
-    drop(handle.commands);
-    handle.waker.wake();
-    let started = std::time::Instant::now();
-    handle.thread.join().unwrap().unwrap();
+    let shard = start_shard("127.78.1.1", m, &output, None);
+    drop(shard.handle.commands);
+    shard.handle.waker.wake();
+    let started = Instant::now();
+    shard.handle.thread.join().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn encodes_a_completed_segment_from_the_output_and_stops_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    // Three segments, the last one short; the systematic layout checks that peers skip them.
+    let size = 2 * SEGMENT + 10_000;
+    let data = content(size, "encode");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(size, true, FieldKind::Gf2);
+    let shard = start_shard("127.78.2.1", m.clone(), &output, None);
+    let from = shard.handle.local_addr;
+    let (socket, to) = receiver("127.78.2.2");
+
+    // Not completed yet: an Encode stream sends nothing.
+    let id = stream(1, 7);
+    shard.handle.send(ServeCommand::Start {
+        stream: id,
+        segment: 1,
+        key: KEY,
+        to,
+        source: ServeSource::Encode,
+    });
+    assert_eq!(count_arrivals(&socket, Duration::from_millis(150)).0, 0);
+
+    shard.handle.send(ServeCommand::Completed { segment: 1 });
+    let (decoded, packets) = receive_segment(&socket, from, &m, 1, 7, Duration::from_secs(10));
+    assert_eq!(decoded, &data[SEGMENT..2 * SEGMENT]);
+    assert!(packets >= (SEGMENT / 1024) as u64);
+
+    // The short last segment, on a second stream.
+    shard.handle.send(ServeCommand::Completed { segment: 2 });
+    shard.handle.send(ServeCommand::Start {
+        stream: stream(2, 8),
+        segment: 2,
+        key: KEY,
+        to,
+        source: ServeSource::Encode,
+    });
+    shard.handle.send(ServeCommand::Stop { stream: id });
+    std::thread::sleep(Duration::from_millis(50));
+    let (_, _) = count_arrivals(&socket, Duration::from_millis(50));
+    let (decoded, _) = receive_segment(&socket, from, &m, 2, 8, Duration::from_secs(10));
+    assert_eq!(decoded, &data[2 * SEGMENT..]);
+
+    shard.handle.send(ServeCommand::Stop {
+        stream: stream(2, 8),
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    count_arrivals(&socket, Duration::from_millis(50));
+    let (after_stop, _) = count_arrivals(&socket, Duration::from_millis(300));
+    assert_eq!(after_stop, 0, "packets kept coming after Stop");
+
+    let sent = Counters::get(&shard.counters.packets_to_peers);
+    assert!(sent >= packets, "counted {sent} packets");
+    assert!(Counters::get(&shard.counters.bytes_to_peers) >= sent * 1024);
+    exit(shard);
+}
+
+/// Pushes `count` packets of `data` (segment `segment`, systematic first if the layout is) into
+/// the shard's queue, as the decoder thread would.
+fn feed(queue: &CoopQueue, meta: &FileMeta, data: &[u8], segment: u32, count: usize, key: u64) {
+    let layout = segment_layout(meta, segment).unwrap();
+    let encoder = Encoder::new(&layout, data).unwrap();
+    let mut code = Stream::new(key);
+    let mut buf = vec![0u8; packet::max_len(&layout)];
+    let counters = Counters::default();
+    for _ in 0..count {
+        let len = encoder.write_next(&mut code, &mut buf).unwrap();
+        queue.offer(
+            VerifiedPacket {
+                segment,
+                session: 3,
+                payload: buf[..len].to_vec(),
+            },
+            &counters,
+        );
+    }
+    assert_eq!(Counters::get(&counters.coop_dropped_full), 0);
+}
+
+#[test]
+fn recodes_the_segment_being_received() {
+    for (systematic, field, ip) in [
+        (true, FieldKind::Gf2, "127.78.3.1"),
+        (false, FieldKind::Gf2, "127.78.3.3"),
+        (false, FieldKind::Gf256, "127.78.3.5"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.part");
+        let size = 2 * SEGMENT;
+        let data = content(size, "recode");
+        // The output holds nothing yet: recoding must not read it.
+        std::fs::write(&output, vec![0u8; size]).unwrap();
+        let m = meta(size, systematic, field);
+        let shard = start_shard(ip, m.clone(), &output, None);
+        let from = shard.handle.local_addr;
+        let to_ip: IpAddr = ip.parse().unwrap();
+        let IpAddr::V4(v4) = to_ip else {
+            unreachable!()
+        };
+        let mut octets = v4.octets();
+        octets[3] += 1;
+        let (socket, to) = receiver(&IpAddr::from(octets).to_string());
+
+        let id = stream(5, 11);
+        shard.handle.send(ServeCommand::Receiving { segment: 1 });
+        shard.handle.send(ServeCommand::Start {
+            stream: id,
+            segment: 1,
+            key: KEY,
+            to,
+            source: ServeSource::Recode,
+        });
+        // An empty buffer: nothing is sent.
+        assert_eq!(count_arrivals(&socket, Duration::from_millis(150)).0, 0);
+        // Packets of another segment are discarded, not recoded.
+        feed(&shard.queue, &m, &data[..SEGMENT], 0, 200, 1);
+        assert_eq!(count_arrivals(&socket, Duration::from_millis(150)).0, 0);
+        // Enough packets of segment 1 for the receiver to decode from our recoded ones alone.
+        let k = SEGMENT / 1024;
+        feed(&shard.queue, &m, &data[SEGMENT..], 1, k + k / 2, 2);
+        let (decoded, packets) = receive_segment(&socket, from, &m, 1, 11, Duration::from_secs(10));
+        assert_eq!(
+            decoded,
+            &data[SEGMENT..],
+            "systematic {systematic} {field:?}"
+        );
+        // Never more recoded packets than the buffer got.
+        let (late, _) = count_arrivals(&socket, Duration::from_millis(200));
+        assert!(
+            packets + late <= (k + k / 2) as u64,
+            "{packets} + {late} recoded packets from {} stored",
+            k + k / 2
+        );
+        exit(shard);
+    }
+}
+
+#[test]
+fn a_recoding_stream_encodes_once_its_segment_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "from copy");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let shard = start_shard("127.78.4.1", m.clone(), &output, None);
+    let (socket, to) = receiver("127.78.4.2");
+    let id = stream(9, 4);
+    shard.handle.send(ServeCommand::Receiving { segment: 0 });
+    shard.handle.send(ServeCommand::Start {
+        stream: id,
+        segment: 0,
+        key: KEY,
+        to,
+        source: ServeSource::Recode,
+    });
+    feed(&shard.queue, &m, &data, 0, 10, 3); // far too few to decode
+    std::thread::sleep(Duration::from_millis(100));
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    shard.handle.send(ServeCommand::FromCopy { stream: id });
+    let (decoded, _) = receive_segment(
+        &socket,
+        shard.handle.local_addr,
+        &m,
+        0,
+        4,
+        Duration::from_secs(10),
+    );
+    assert_eq!(decoded, data);
+    exit(shard);
+}
+
+#[test]
+fn upload_cap_bounds_the_send_rate_of_all_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "cap");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let cap = 16_000_000u64;
+    let shard = start_shard("127.78.5.1", m, &output, Some(cap));
+    let (socket, to) = receiver("127.78.5.2");
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    for (link, session) in [(1, 1), (2, 2)] {
+        shard.handle.send(ServeCommand::Start {
+            stream: stream(link, session),
+            segment: 0,
+            key: KEY,
+            to,
+            source: ServeSource::Encode,
+        });
+    }
+    count_arrivals(&socket, Duration::from_millis(200));
+    let window = Duration::from_millis(1000);
+    let (packets, bytes) = count_arrivals(&socket, window);
+    let bps = bytes as f64 * 8.0 / window.as_secs_f64();
+    assert!(packets > 0);
+    assert!(
+        bps < 1.3 * cap as f64,
+        "sent {bps} bit/s under a cap of {cap}"
+    );
+    assert!(
+        bps > 0.5 * cap as f64,
+        "sent only {bps} bit/s under a cap of {cap}"
+    );
+    exit(shard);
 }

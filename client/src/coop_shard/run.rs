@@ -1,36 +1,621 @@
-//! The shard thread's loop (skeleton: commands and exit; streaming follows).
+//! The shard thread's loop: commands → verified packets into the recoding buffer → one paced
+//! sending round over the streams → `Ring::wait` until the earliest pacing deadline or a wake-up.
 
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use ccfd_ring::{Ring, SocketId};
+use ccfd_proto::{
+    DataHeader, DataPacket, Origin, ReceiverStats, ServeSource, SessionKey, DATA_HEADER_LEN,
+};
+use ccfd_ring::{max_datagrams, Ring, SendError, SocketId, MAX_SEGMENTS};
 use crossbeam_channel::{Receiver, TryRecvError};
+use snc::encoder::Stream;
+use snc::packet::{self, PacketKind};
+use snc::prng::Prng;
+use snc::Layout;
 
-use super::{ServeCommand, ServeSetup};
+use super::rate::{fair_shares, Pacer, RateController, INITIAL_RATE_BPS};
+use super::source::{segment_layout, OutputMap, RecodeBuffer, SegmentCoder};
+use super::{ServeCommand, ServeSetup, StreamId};
 use crate::error::ClientError;
+use crate::receiver::segment_range;
+use crate::stats::Counters;
 
-/// Longest sleep in the ring before the command channel is looked at again.
+/// Longest sleep in the ring while streams wait (the queue and the channel are looked at after it).
 const MAX_WAIT: Duration = Duration::from_millis(10);
+/// Poll interval of a recoding stream waiting for packets to reach the buffer.
+const STARVED_WAIT: Duration = Duration::from_millis(2);
+/// Sleep when every send buffer is in flight.
+const EXHAUSTED_WAIT: Duration = Duration::from_micros(200);
+/// Verified packets moved from the queue into the buffer per loop turn.
+const DRAIN_PER_TURN: usize = 8192;
+/// Most GSO batches one stream sends per turn (then the others get theirs).
+const BATCHES_PER_TURN: usize = 4;
+/// Encoders of complete segments kept while no stream uses them.
+const SPARE_CODERS: usize = 2;
+
+/// One stream to one asking peer.
+struct ServeStream {
+    id: StreamId,
+    segment: u32,
+    key: SessionKey,
+    to: SocketAddr,
+    mode: ServeSource,
+    layout: Layout,
+    /// Encoding stream (own random key; starts past the systematic packets).
+    code: Stream,
+    /// Coefficients of recoded packets.
+    prng: Prng,
+    /// Sequence number of the next packet.
+    seq: u32,
+    /// Recoded packets sent (bounded by what the buffer stored).
+    recoded: u64,
+    pacer: Pacer,
+    control: RateController,
+    packets: u64,
+    bytes: u64,
+    started_ns: u64,
+    broken: bool,
+}
+
+enum Batch {
+    Sent,
+    /// Nothing sendable for this many nanoseconds.
+    Wait(u64),
+    PoolExhausted,
+    /// Nothing to send until something changes (buffer empty, segment not available).
+    Starved,
+}
+
+struct Shard {
+    setup: ServeSetup,
+    ring: Ring,
+    socket: SocketId,
+    epoch: Instant,
+    streams: Vec<ServeStream>,
+    receiving: Option<RecodeBuffer>,
+    completed: BTreeSet<u32>,
+    coders: BTreeMap<u32, SegmentCoder>,
+    output: OutputMap,
+    /// The upload cap over all streams.
+    total: Option<Pacer>,
+    discarded: u64,
+    turn: usize,
+    send_errors_seen: u64,
+}
 
 /// Runs the shard until `Exit` or until the command channel disconnects.
 pub(super) fn run(
     setup: ServeSetup,
-    mut ring: Ring,
-    _socket: SocketId,
+    ring: Ring,
+    socket: SocketId,
     commands: Receiver<ServeCommand>,
 ) -> Result<(), ClientError> {
-    let _ = &setup;
-    loop {
+    let output = OutputMap::open(&setup.output_path);
+    let total = setup
+        .upload_rate_bps
+        .map(|cap| Pacer::new(cap, ccfd_ring::MAX_SEND_PAYLOAD, 0));
+    let mut shard = Shard {
+        setup,
+        ring,
+        socket,
+        epoch: Instant::now(),
+        streams: Vec::new(),
+        receiving: None,
+        completed: BTreeSet::new(),
+        coders: BTreeMap::new(),
+        output,
+        total,
+        discarded: 0,
+        turn: 0,
+        send_errors_seen: 0,
+    };
+    let result = shard.run(&commands);
+    for stream in std::mem::take(&mut shard.streams) {
+        shard.log_stop(&stream, "shard exit");
+    }
+    let _ = shard.ring.submit();
+    result
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: the clock and a counter still make keys distinct per stream.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let mut h = blake3::Hasher::new();
+        h.update(&now.to_le_bytes());
+        h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        bytes.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+impl Shard {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn run(&mut self, commands: &Receiver<ServeCommand>) -> Result<(), ClientError> {
         loop {
-            match commands.try_recv() {
-                Ok(ServeCommand::Exit) | Err(TryRecvError::Disconnected) => return Ok(()),
-                Ok(command) => tracing::debug!(?command, "cooperation command"),
-                Err(TryRecvError::Empty) => break,
+            loop {
+                match commands.try_recv() {
+                    Ok(ServeCommand::Exit) | Err(TryRecvError::Disconnected) => return Ok(()),
+                    Ok(command) => self.handle(command),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            self.drain_queue();
+            let timeout = self.send_round()?;
+            if let Err(error) = self.ring.wait(Some(timeout)) {
+                tracing::warn!(%error, "cooperation shard: ring wait failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if let Err(error) = self.ring.process(256, |_| {}) {
+                tracing::warn!(%error, "cooperation shard: ring process failed");
+            }
+            let errors = self.ring.counters().send_error_datagrams;
+            if errors > self.send_errors_seen {
+                tracing::debug!(
+                    datagrams = errors - self.send_errors_seen,
+                    "cooperation shard: send errors (counted, not fatal)"
+                );
+                self.send_errors_seen = errors;
             }
         }
-        if let Err(error) = ring.wait(Some(MAX_WAIT)) {
-            tracing::warn!(%error, "cooperation shard: ring wait failed");
-            std::thread::sleep(Duration::from_millis(1));
+    }
+
+    fn handle(&mut self, command: ServeCommand) {
+        let now = self.now_ns();
+        match command {
+            ServeCommand::Receiving { segment } => self.receiving(segment),
+            ServeCommand::Completed { segment } => {
+                if self.setup.meta.segment_len(segment).is_none() {
+                    tracing::warn!(segment, "completed segment outside the file: ignored");
+                    return;
+                }
+                self.completed.insert(segment);
+                if self
+                    .receiving
+                    .as_ref()
+                    .is_some_and(|b| b.segment == segment)
+                {
+                    // Complete: its streams encode from our copy now, the buffer goes.
+                    self.receiving = None;
+                }
+            }
+            ServeCommand::Start {
+                stream,
+                segment,
+                key,
+                to,
+                source,
+            } => self.start(stream, segment, key, to, source, now),
+            ServeCommand::FromCopy { stream } => {
+                if let Some(s) = self.streams.iter_mut().find(|s| s.id == stream) {
+                    s.mode = ServeSource::Encode;
+                    tracing::debug!(
+                        link = stream.link.0,
+                        session = stream.session.0,
+                        "peer stream switched to encoding"
+                    );
+                }
+            }
+            ServeCommand::Stop { stream } => {
+                if let Some(i) = self.streams.iter().position(|s| s.id == stream) {
+                    let stopped = self.streams.swap_remove(i);
+                    self.log_stop(&stopped, "stop");
+                    self.reshare(now);
+                    self.drop_spare_coders();
+                }
+            }
+            ServeCommand::Report { stream, stats } => self.report(stream, &stats, now),
+            ServeCommand::Exit => {}
         }
-        let _ = ring.process(64, |_| {});
+    }
+
+    fn receiving(&mut self, segment: u32) {
+        if self
+            .receiving
+            .as_ref()
+            .is_some_and(|b| b.segment == segment)
+        {
+            return;
+        }
+        if self.completed.contains(&segment) {
+            self.receiving = None;
+            return;
+        }
+        match segment_layout(&self.setup.meta, segment) {
+            Ok(layout) => {
+                let buffer = RecodeBuffer::new(segment, layout);
+                tracing::debug!(
+                    segment,
+                    capacity = buffer.recoder.capacity(),
+                    "recoding buffer started"
+                );
+                self.receiving = Some(buffer);
+            }
+            Err(error) => {
+                tracing::warn!(segment, %error, "cannot recode this segment");
+                self.receiving = None;
+            }
+        }
+    }
+
+    fn start(
+        &mut self,
+        id: StreamId,
+        segment: u32,
+        key: SessionKey,
+        to: SocketAddr,
+        source: ServeSource,
+        now: u64,
+    ) {
+        if let Some(i) = self.streams.iter().position(|s| s.id == id) {
+            let old = self.streams.swap_remove(i);
+            self.log_stop(&old, "restarted");
+        }
+        let layout = match segment_layout(&self.setup.meta, segment) {
+            Ok(layout) => layout,
+            Err(error) => {
+                tracing::warn!(segment, %error, "peer stream not started");
+                return;
+            }
+        };
+        let mut code = Stream::new(random_u64());
+        if layout.systematic() {
+            // Peers never send systematic packets: the server's stream carries those.
+            code.counter = u64::from(layout.source_count());
+        }
+        let min_burst = DataPacket::sealed_len(packet::max_len(&layout));
+        let count = self.streams.len() as u64 + 1;
+        let initial = self
+            .setup
+            .upload_rate_bps
+            .map_or(INITIAL_RATE_BPS, |cap| INITIAL_RATE_BPS.min(cap / count));
+        tracing::debug!(
+            link = id.link.0,
+            session = id.session.0,
+            segment,
+            %to,
+            ?source,
+            rate_bps = initial,
+            "peer stream started"
+        );
+        self.streams.push(ServeStream {
+            id,
+            segment,
+            key,
+            to,
+            mode: source,
+            layout,
+            code,
+            prng: Prng::new(random_u64()),
+            seq: 0,
+            recoded: 0,
+            pacer: Pacer::new(initial, min_burst, now),
+            control: RateController::new(initial, now),
+            packets: 0,
+            bytes: 0,
+            started_ns: now,
+            broken: false,
+        });
+        self.reshare(now);
+    }
+
+    fn report(&mut self, id: StreamId, stats: &ReceiverStats, now: u64) {
+        let Some(stream) = self.streams.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
+        let before = stream.control.rate_bps();
+        let change = stream.control.on_report(stats, now);
+        let after = stream.control.rate_bps();
+        if before != after {
+            tracing::debug!(
+                link = id.link.0,
+                session = id.session.0,
+                ?change,
+                receive_bps = stats.receive_rate_bps,
+                loss_ppm = stats.loss_ppm,
+                from_bps = before,
+                to_bps = after,
+                "peer stream rate"
+            );
+        }
+        self.reshare(now);
+    }
+
+    /// Sets every stream's pacer to its controller's rate within its fair share of the cap.
+    fn reshare(&mut self, now: u64) {
+        let demands: Vec<u64> = self.streams.iter().map(|s| s.control.rate_bps()).collect();
+        let shares = fair_shares(self.setup.upload_rate_bps, &demands);
+        for (stream, share) in self.streams.iter_mut().zip(shares) {
+            if stream.pacer.rate_bps() != share.max(1) {
+                let min_burst = DataPacket::sealed_len(packet::max_len(&stream.layout));
+                stream.pacer.set_rate(share.max(1), min_burst, now);
+            }
+        }
+    }
+
+    fn log_stop(&self, stream: &ServeStream, why: &'static str) {
+        let elapsed_ns = self.now_ns().saturating_sub(stream.started_ns).max(1);
+        tracing::debug!(
+            link = stream.id.link.0,
+            session = stream.id.session.0,
+            segment = stream.segment,
+            why,
+            packets = stream.packets,
+            bytes = stream.bytes,
+            mean_bps = (stream.bytes as f64 * 8e9 / elapsed_ns as f64) as u64,
+            rate_bps = stream.control.rate_bps(),
+            "peer stream stopped"
+        );
+    }
+
+    fn drop_spare_coders(&mut self) {
+        let used: BTreeSet<u32> = self.streams.iter().map(|s| s.segment).collect();
+        let spare: Vec<u32> = self
+            .coders
+            .keys()
+            .copied()
+            .filter(|s| !used.contains(s))
+            .collect();
+        for segment in spare.iter().take(spare.len().saturating_sub(SPARE_CODERS)) {
+            self.coders.remove(segment);
+        }
+    }
+
+    /// Moves verified packets from the decoder's queue into the recoding buffer (packets of other
+    /// segments are discarded).
+    fn drain_queue(&mut self) {
+        let queue = &self.setup.queue;
+        for _ in 0..DRAIN_PER_TURN {
+            let Some(packet) = queue.pop() else {
+                break;
+            };
+            match &mut self.receiving {
+                Some(buffer) if buffer.segment == packet.segment => buffer.push(&packet.payload),
+                _ => self.discarded += 1,
+            }
+        }
+    }
+
+    /// Makes sure the encoder of a complete `segment` exists; false if it cannot be built.
+    fn ensure_coder(&mut self, segment: u32, layout: &Layout) -> bool {
+        if self.coders.contains_key(&segment) {
+            return true;
+        }
+        let built = segment_range(&self.setup.meta, segment)
+            .ok_or_else(|| format!("segment {segment} outside the file"))
+            .and_then(|range| self.output.segment(range))
+            .and_then(|bytes| SegmentCoder::build(layout, bytes).map_err(|e| e.to_string()));
+        match built {
+            Ok(coder) => {
+                tracing::debug!(segment, "encoder of a complete segment built");
+                self.coders.insert(segment, coder);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(segment, %error, "cannot encode from our copy");
+                false
+            }
+        }
+    }
+
+    /// One pass over the streams (starting at a rotating one); returns how long to wait next.
+    fn send_round(&mut self) -> Result<Duration, ClientError> {
+        if self.streams.is_empty() {
+            return Ok(MAX_WAIT);
+        }
+        self.turn = self.turn.wrapping_add(1);
+        let count = self.streams.len();
+        let mut next_ns: Option<u64> = None;
+        let mut sent_any = false;
+        let mut starved = false;
+        for k in 0..count {
+            let i = (self.turn + k) % count;
+            let (segment, encode) = {
+                let s = &self.streams[i];
+                (
+                    s.segment,
+                    s.mode == ServeSource::Encode || self.completed.contains(&s.segment),
+                )
+            };
+            if encode && self.completed.contains(&segment) && !self.streams[i].broken {
+                let layout = self.streams[i].layout.clone();
+                if !self.ensure_coder(segment, &layout) {
+                    self.streams[i].broken = true;
+                }
+            }
+            for _ in 0..BATCHES_PER_TURN {
+                let now = self.now_ns();
+                match self.send_batch(i, now)? {
+                    Batch::Sent => sent_any = true,
+                    Batch::Wait(ns) => {
+                        let at = now + ns;
+                        next_ns = Some(next_ns.map_or(at, |n| n.min(at)));
+                        break;
+                    }
+                    Batch::PoolExhausted => return Ok(EXHAUSTED_WAIT),
+                    Batch::Starved => {
+                        starved = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if sent_any {
+            return Ok(Duration::ZERO);
+        }
+        let now = self.now_ns();
+        let mut wait = next_ns.map_or(MAX_WAIT, |at| Duration::from_nanos(at.saturating_sub(now)));
+        if starved {
+            wait = wait.min(STARVED_WAIT);
+        }
+        Ok(wait.min(MAX_WAIT))
+    }
+
+    /// Fills and queues one GSO batch for stream `i` if its pacing (and the cap) allow it now.
+    fn send_batch(&mut self, i: usize, now: u64) -> Result<Batch, ClientError> {
+        let Shard {
+            ring,
+            socket,
+            streams,
+            receiving,
+            completed,
+            coders,
+            total,
+            setup,
+            ..
+        } = self;
+        let stream = &mut streams[i];
+        if stream.broken {
+            return Ok(Batch::Starved);
+        }
+        // Encode when the segment is complete in our copy (asked to, or it completed meanwhile),
+        // recode while it is the one being received and the buffer holds something new.
+        let coder = if completed.contains(&stream.segment) {
+            match coders.get(&stream.segment) {
+                Some(coder) => Some(coder),
+                None => return Ok(Batch::Starved),
+            }
+        } else {
+            None
+        };
+        let mut buffer = None;
+        if coder.is_none() {
+            match receiving.as_mut() {
+                Some(b)
+                    if stream.mode == ServeSource::Recode
+                        && b.segment == stream.segment
+                        && !b.recoder.is_empty()
+                        && stream.recoded < b.stored =>
+                {
+                    buffer = Some(b)
+                }
+                _ => return Ok(Batch::Starved),
+            }
+        }
+        let kind = if coder.is_some() {
+            PacketKind::Coded
+        } else {
+            PacketKind::Recoded
+        };
+        let payload_len = packet::len(&stream.layout, kind);
+        let dgram = DataPacket::sealed_len(payload_len);
+        let max = max_datagrams(dgram).min(MAX_SEGMENTS);
+        if max == 0 {
+            stream.broken = true;
+            tracing::warn!(dgram, "peer stream: packets too large for a datagram");
+            return Ok(Batch::Starved);
+        }
+        let mut limit = max;
+        if let Some(b) = &buffer {
+            limit = limit.min((b.stored - stream.recoded).min(max as u64) as usize);
+        }
+        // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
+        let target = limit.min((stream.pacer.burst_bytes() / dgram).max(1));
+        let mut n = (stream.pacer.available(now) / dgram).min(limit);
+        if n < target {
+            return Ok(Batch::Wait(
+                stream.pacer.wait_ns(now, target * dgram).max(1),
+            ));
+        }
+        if let Some(cap) = total.as_mut() {
+            let allowed = cap.available(now) / dgram;
+            if allowed < target {
+                return Ok(Batch::Wait(cap.wait_ns(now, target * dgram).max(1)));
+            }
+            n = n.min(allowed);
+        }
+        let mut out = match ring.send_buffer(*socket, stream.to, dgram) {
+            Ok(out) => out,
+            Err(SendError::PoolExhausted) => return Ok(Batch::PoolExhausted),
+            Err(SendError::UnknownSocket(_)) => {
+                return Err(ClientError::Internal(
+                    "cooperation shard: its socket is gone".into(),
+                ))
+            }
+            Err(error) => {
+                stream.broken = true;
+                tracing::warn!(%error, to = %stream.to, "peer stream: cannot send");
+                return Ok(Batch::Starved);
+            }
+        };
+        let mut sent = 0usize;
+        let mut failed = false;
+        while sent < n && !out.is_full() {
+            let header = DataHeader {
+                origin: Origin::Peer,
+                session: stream.id.session,
+                segment: stream.segment,
+                seq: stream.seq,
+            };
+            let key = &stream.key;
+            let written = out.push_with(|buf| {
+                let body = &mut buf[DATA_HEADER_LEN..];
+                let len = match (coder, buffer.as_deref_mut()) {
+                    (Some(coder), _) => {
+                        let encoder = coder.encoder();
+                        let plan = encoder.next_plan(&mut stream.code);
+                        match plan.map(|plan| encoder.write(&plan, body)) {
+                            Some(Ok(len)) => len,
+                            _ => return 0,
+                        }
+                    }
+                    (None, Some(b)) => match b.recoder.recode(&mut stream.prng, body) {
+                        Some(len) => len,
+                        None => return 0,
+                    },
+                    (None, None) => return 0,
+                };
+                if len != payload_len {
+                    return 0;
+                }
+                DataPacket::seal_in_place(key, &header, buf, len).unwrap_or(0)
+            });
+            match written {
+                Ok(len) if len == dgram => {
+                    stream.seq = stream.seq.wrapping_add(1);
+                    sent += 1;
+                }
+                _ => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if sent == 0 {
+            drop(out);
+            if failed {
+                stream.broken = true;
+                tracing::warn!(segment = stream.segment, "peer stream: packet not written");
+            }
+            return Ok(Batch::Starved);
+        }
+        out.queue();
+        if buffer.is_some() {
+            stream.recoded += sent as u64;
+        }
+        let bytes = sent * dgram;
+        stream.pacer.consume(bytes);
+        stream.control.on_sent(bytes);
+        if let Some(cap) = total.as_mut() {
+            cap.consume(bytes);
+        }
+        stream.packets += sent as u64;
+        stream.bytes += bytes as u64;
+        let counters = &setup.counters;
+        Counters::add(&counters.packets_to_peers, sent as u64);
+        Counters::add(&counters.bytes_to_peers, (sent * payload_len) as u64);
+        Ok(Batch::Sent)
     }
 }

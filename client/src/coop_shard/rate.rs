@@ -1,0 +1,474 @@
+//! Sans-IO pacing and rate control of the shard's streams (no clock is read here: every call takes
+//! `now_ns`, nanoseconds on any monotonic clock).
+//!
+//! - [`Pacer`]: a token bucket in datagram bytes refilled at the stream's rate, holding at most
+//!   [`BURST_WINDOW`] of traffic (at least one datagram), so a stream sends small GSO bursts, never
+//!   a backlog.
+//! - [`RateController`]: one per stream, driven by the receiver's reports ([`ReceiverStats`]:
+//!   receive rate and loss over its last interval). It starts at [`INITIAL_RATE_BPS`] and
+//!   1. *cuts* to 7/8 of what got through when the loss exceeds the loss floor by more than
+//!      [`LOSS_HIGH_PPM`] (1 %), and remembers what got through as the path's *ceiling*;
+//!   2. *settles* just above the receive rate when the receiver takes clearly less (< 3/4) than we
+//!      actually sent without loss (its socket buffer is backing up: loss follows);
+//!   3. with loss between the two thresholds, holds at most the receive rate (sheds the excess);
+//!   4. otherwise, while the loss stays under floor + [`LOSS_LOW_PPM`] and we actually use the
+//!      rate, *grows*: x1.5 per report while no ceiling is known (at most twice the receive rate);
+//!      once one is, quickly back to 95 % of it, then probing above it with an increment that
+//!      doubles with every clean report (1 %, 2 %, 4 %, ... of the ceiling), so a link that got
+//!      faster is found in a few reports while a known bottleneck is overrun by little.
+//!
+//!   The *loss floor* is the least loss of the last [`FLOOR_REPORTS`] reports (at most
+//!   [`FLOOR_MAX_PPM`]): random wire loss is there at every rate and is not a reason to slow
+//!   down, whereas congestion loss vanishes after a cut.
+//! - [`fair_shares`]: the upload cap split max-min fairly over the streams' demands.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use ccfd_proto::ReceiverStats;
+
+/// Traffic a stream's [`Pacer`] may send back to back (4 ms: 50 KB at 100 Mbit/s).
+pub const BURST_WINDOW: Duration = Duration::from_millis(4);
+/// A new stream's rate before its receiver reports.
+pub const INITIAL_RATE_BPS: u64 = 100_000_000;
+/// Lowest rate a stream is paced at.
+pub const MIN_RATE_BPS: u64 = 1_000_000;
+/// Highest rate a stream is paced at.
+pub const MAX_RATE_BPS: u64 = 40_000_000_000;
+/// Loss above the floor that counts as congestion (1 %).
+pub const LOSS_HIGH_PPM: u32 = 10_000;
+/// Loss above the floor under which the rate may grow (0.5 %).
+pub const LOSS_LOW_PPM: u32 = 5_000;
+/// Reports over which the loss floor is the minimum.
+pub const FLOOR_REPORTS: usize = 8;
+/// Largest loss accepted as a floor (5 %): more is always congestion.
+pub const FLOOR_MAX_PPM: u32 = 50_000;
+/// Shortest interval between two reports that is used (shorter ones are merged into the next).
+pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(20);
+
+const NANOS_PER_SEC: f64 = 1e9;
+
+/// A token bucket in bytes refilled at `rate` bits per second.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    bytes_per_ns: f64,
+    burst_bytes: f64,
+    tokens: f64,
+    last_ns: u64,
+}
+
+impl Pacer {
+    /// A full bucket at `rate_bps` whose burst is [`BURST_WINDOW`] of traffic, at least
+    /// `min_burst_bytes`.
+    pub fn new(rate_bps: u64, min_burst_bytes: usize, now_ns: u64) -> Pacer {
+        let mut pacer = Pacer {
+            bytes_per_ns: 0.0,
+            burst_bytes: 0.0,
+            tokens: 0.0,
+            last_ns: now_ns,
+        };
+        pacer.set_rate(rate_bps, min_burst_bytes, now_ns);
+        pacer.tokens = pacer.burst_bytes;
+        pacer
+    }
+
+    /// Changes the rate from `now_ns` on (tokens earned at the old rate are kept up to the new burst).
+    pub fn set_rate(&mut self, rate_bps: u64, min_burst_bytes: usize, now_ns: u64) {
+        self.refill(now_ns);
+        self.bytes_per_ns = rate_bps.max(1) as f64 / 8.0 / NANOS_PER_SEC;
+        let window = self.bytes_per_ns * BURST_WINDOW.as_nanos() as f64;
+        self.burst_bytes = window.max(min_burst_bytes as f64);
+        self.tokens = self.tokens.min(self.burst_bytes);
+    }
+
+    /// The rate in bits per second.
+    pub fn rate_bps(&self) -> u64 {
+        (self.bytes_per_ns * 8.0 * NANOS_PER_SEC).round() as u64
+    }
+
+    /// The burst in bytes.
+    pub fn burst_bytes(&self) -> usize {
+        self.burst_bytes as usize
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        self.last_ns = self.last_ns.max(now_ns);
+        self.tokens = (self.tokens + elapsed as f64 * self.bytes_per_ns).min(self.burst_bytes);
+    }
+
+    /// Bytes that may be sent now.
+    pub fn available(&mut self, now_ns: u64) -> usize {
+        self.refill(now_ns);
+        self.tokens.max(0.0) as usize
+    }
+
+    /// Spends `bytes` (what `available` allowed).
+    pub fn consume(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+
+    /// Nanoseconds from `now_ns` until `bytes` may be sent (0: now).
+    pub fn wait_ns(&mut self, now_ns: u64, bytes: usize) -> u64 {
+        self.refill(now_ns);
+        let missing = bytes as f64 - self.tokens;
+        if missing <= 0.0 {
+            0
+        } else {
+            (missing / self.bytes_per_ns).ceil() as u64
+        }
+    }
+}
+
+/// What a report did to a stream's rate (for logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateChange {
+    /// The report was too early or the first one: nothing measured yet.
+    Ignored,
+    /// Loss above the floor: cut.
+    Cut,
+    /// The receiver takes clearly less than we send: settled above its rate.
+    Settled,
+    /// Grown.
+    Grown,
+    /// Unchanged (loss in between, or we do not use the rate we have).
+    Held,
+}
+
+/// The rate of one stream, adapted to its receiver's reports.
+#[derive(Debug, Clone)]
+pub struct RateController {
+    rate_bps: u64,
+    ceiling_bps: Option<u64>,
+    probe_step: u32,
+    sent_bytes: u64,
+    window_start_ns: u64,
+    reports: u64,
+    losses: VecDeque<u32>,
+}
+
+impl RateController {
+    /// A controller starting at `initial_bps` (clamped to [`MIN_RATE_BPS`]..=[`MAX_RATE_BPS`]).
+    pub fn new(initial_bps: u64, now_ns: u64) -> RateController {
+        RateController {
+            rate_bps: initial_bps.clamp(MIN_RATE_BPS, MAX_RATE_BPS),
+            ceiling_bps: None,
+            probe_step: 0,
+            sent_bytes: 0,
+            window_start_ns: now_ns,
+            reports: 0,
+            losses: VecDeque::with_capacity(FLOOR_REPORTS),
+        }
+    }
+
+    /// The rate the stream may be paced at (before the upload cap's share).
+    pub fn rate_bps(&self) -> u64 {
+        self.rate_bps
+    }
+
+    /// What got through at the last congestion, if any.
+    pub fn ceiling_bps(&self) -> Option<u64> {
+        self.ceiling_bps
+    }
+
+    /// Counts datagram bytes actually sent (to tell a stream that uses its rate from one that does not).
+    pub fn on_sent(&mut self, bytes: usize) {
+        self.sent_bytes += bytes as u64;
+    }
+
+    /// The least loss of the recent reports (random loss that is there at every rate).
+    fn loss_floor(&self) -> u32 {
+        self.losses
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .min(FLOOR_MAX_PPM)
+    }
+
+    /// Adapts the rate to a receiver report arriving at `now_ns`.
+    pub fn on_report(&mut self, stats: &ReceiverStats, now_ns: u64) -> RateChange {
+        let interval_ns = now_ns.saturating_sub(self.window_start_ns);
+        if interval_ns < MIN_REPORT_INTERVAL.as_nanos() as u64 {
+            return RateChange::Ignored;
+        }
+        let sent_bps = (self.sent_bytes as f64 * 8.0 * NANOS_PER_SEC / interval_ns as f64) as u64;
+        self.sent_bytes = 0;
+        self.window_start_ns = now_ns;
+        self.reports += 1;
+        if self.reports == 1 {
+            // The receiver's first interval may cover time before we started: measure from here.
+            return RateChange::Ignored;
+        }
+        let floor = self.loss_floor();
+        if self.losses.len() == FLOOR_REPORTS {
+            self.losses.pop_front();
+        }
+        self.losses.push_back(stats.loss_ppm);
+        let receive = stats.receive_rate_bps;
+        // What we really sent: the paced rate, or less when the stream had nothing to send.
+        let sent = sent_bps.min(self.rate_bps);
+        let change = if stats.loss_ppm > floor.saturating_add(LOSS_HIGH_PPM) {
+            let through = if receive > 0 {
+                receive.min(self.rate_bps)
+            } else {
+                self.rate_bps
+            };
+            self.ceiling_bps = Some(through);
+            self.probe_step = 0;
+            self.rate_bps = through / 8 * 7;
+            RateChange::Cut
+        } else if receive > 0 && sent > 0 && receive < sent / 4 * 3 {
+            self.ceiling_bps = Some(receive);
+            self.probe_step = 0;
+            self.rate_bps = receive.saturating_add(receive / 8);
+            RateChange::Settled
+        } else if stats.loss_ppm < floor.saturating_add(LOSS_LOW_PPM) {
+            if sent_bps >= self.rate_bps / 2 {
+                self.rate_bps = self.grown(receive);
+                RateChange::Grown
+            } else {
+                RateChange::Held
+            }
+        } else if receive > 0 && receive < self.rate_bps {
+            // Some loss, not enough to cut: shed the excess so it does not become the floor.
+            self.rate_bps = receive;
+            RateChange::Held
+        } else {
+            RateChange::Held
+        };
+        self.rate_bps = self.rate_bps.clamp(MIN_RATE_BPS, MAX_RATE_BPS);
+        change
+    }
+
+    fn grown(&mut self, receive: u64) -> u64 {
+        let rate = self.rate_bps;
+        let fast = rate.saturating_add(rate / 2);
+        let Some(ceiling) = self.ceiling_bps else {
+            // No bottleneck seen yet: x1.5, but at most twice what the receiver takes.
+            return if receive > 0 {
+                fast.min(receive.saturating_mul(2).max(INITIAL_RATE_BPS))
+            } else {
+                fast
+            };
+        };
+        let near = ceiling / 100 * 95;
+        if rate < near {
+            return fast.min(near);
+        }
+        // Probe above the ceiling: 1 %, 2 %, 4 % ... of it per clean report.
+        let step = (ceiling / 100).saturating_mul(1u64 << self.probe_step.min(20));
+        self.probe_step += 1;
+        let probed = rate.saturating_add(step.max(MIN_RATE_BPS)).min(fast);
+        if probed > ceiling && receive > ceiling {
+            // Clean above the old ceiling: the path got faster.
+            self.ceiling_bps = Some(receive.min(rate));
+        }
+        probed
+    }
+}
+
+/// Max-min fair split of `cap_bps` over `demands_bps` (water filling): streams that want less than
+/// an equal share get what they want, the rest share what is left equally. Without a cap every
+/// stream gets its demand.
+pub fn fair_shares(cap_bps: Option<u64>, demands_bps: &[u64]) -> Vec<u64> {
+    let Some(cap) = cap_bps else {
+        return demands_bps.to_vec();
+    };
+    let mut shares = vec![0u64; demands_bps.len()];
+    let mut order: Vec<usize> = (0..demands_bps.len()).collect();
+    order.sort_by_key(|&i| demands_bps[i]);
+    let mut left = cap;
+    for (k, &i) in order.iter().enumerate() {
+        let remaining = (order.len() - k) as u64;
+        let equal = left / remaining;
+        let share = demands_bps[i].min(equal);
+        shares[i] = share;
+        left -= share;
+    }
+    shares
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000_000_000;
+    const DGRAM: usize = 1200;
+
+    fn report(receive_rate_bps: u64, loss_ppm: u32) -> ReceiverStats {
+        ReceiverStats {
+            receive_rate_bps,
+            loss_ppm,
+            ..ReceiverStats::default()
+        }
+    }
+
+    #[test]
+    fn pacer_holds_its_rate_and_bounds_bursts() {
+        for rate in [5_000_000u64, 100_000_000, 2_000_000_000] {
+            let mut pacer = Pacer::new(rate, DGRAM, 0);
+            let mut sent = 0u64;
+            let mut now = 0;
+            while now < SEC {
+                let n = (pacer.available(now) / DGRAM).min(64);
+                pacer.consume(n * DGRAM);
+                sent += (n * DGRAM) as u64;
+                now += 250_000;
+            }
+            let err = (sent as f64 * 8.0 - rate as f64).abs() / rate as f64;
+            assert!(err < 0.03, "rate {rate}: error {err:.3}");
+        }
+        let mut idle = Pacer::new(100_000_000, DGRAM, 0);
+        assert_eq!(idle.available(10 * SEC), 50_000); // 4 ms at 100 Mbit/s
+        let mut slow = Pacer::new(1_000_000, DGRAM, 0);
+        assert_eq!(slow.available(10 * SEC), DGRAM);
+        let all = slow.available(10 * SEC);
+        slow.consume(all);
+        assert_eq!(slow.wait_ns(10 * SEC, DGRAM), DGRAM as u64 * 8 * 1000);
+    }
+
+    #[test]
+    fn fair_shares_fill_water_levels() {
+        assert_eq!(fair_shares(None, &[5, 7]), vec![5, 7]);
+        assert_eq!(fair_shares(Some(100), &[10, 200, 200]), vec![10, 45, 45]);
+        assert_eq!(fair_shares(Some(100), &[30, 30]), vec![30, 30]);
+        assert_eq!(fair_shares(Some(90), &[100, 100, 100]), vec![30, 30, 30]);
+        assert!(fair_shares(Some(90), &[]).is_empty());
+    }
+
+    /// A receiver behind a bottleneck of `capacity` (shared with nobody) and `random_loss_ppm` of
+    /// wire loss, reporting every `interval`: returns (rates sent, losses seen) of each report.
+    fn simulate(
+        capacity: u64,
+        random_loss_ppm: u32,
+        reports: usize,
+        mut controller: RateController,
+    ) -> Vec<(u64, u32)> {
+        let interval = 250 * MS;
+        let mut now = 0;
+        let mut seen = Vec::new();
+        for _ in 0..reports {
+            let rate = controller.rate_bps();
+            controller.on_sent((rate / 8 * interval / SEC) as usize);
+            now += interval;
+            let through = rate.min(capacity);
+            let congestion = 1.0 - through as f64 / rate as f64;
+            let loss = congestion + (1.0 - congestion) * random_loss_ppm as f64 / 1e6;
+            let loss_ppm = (loss * 1e6) as u32;
+            let receive = (rate as f64 * (1.0 - loss)) as u64;
+            controller.on_report(&report(receive, loss_ppm), now);
+            seen.push((rate, loss_ppm));
+        }
+        seen
+    }
+
+    #[test]
+    fn finds_an_unknown_bottleneck_and_keeps_its_loss_low() {
+        for capacity in [20_000_000u64, 200_000_000, 1_000_000_000, 5_000_000_000] {
+            let seen = simulate(capacity, 0, 120, RateController::new(INITIAL_RATE_BPS, 0));
+            let tail = &seen[40..];
+            let mean_loss =
+                tail.iter().map(|&(_, l)| l as f64).sum::<f64>() / tail.len() as f64 / 1e6;
+            let mean_through = tail
+                .iter()
+                .map(|&(r, _)| r.min(capacity) as f64)
+                .sum::<f64>()
+                / tail.len() as f64;
+            assert!(mean_loss < 0.02, "capacity {capacity}: loss {mean_loss:.4}");
+            assert!(
+                mean_through > 0.8 * capacity as f64,
+                "capacity {capacity}: through {mean_through}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_loss_alone_does_not_collapse_the_rate() {
+        let seen = simulate(
+            200_000_000,
+            20_000,
+            120,
+            RateController::new(INITIAL_RATE_BPS, 0),
+        );
+        let tail = &seen[40..];
+        let mean_rate = tail.iter().map(|&(r, _)| r as f64).sum::<f64>() / tail.len() as f64;
+        assert!(mean_rate > 150e6, "mean rate {mean_rate}");
+        // ... and the congestion loss on top of the random loss stays small.
+        let extra = tail
+            .iter()
+            .map(|&(_, l)| l.saturating_sub(20_000) as f64)
+            .sum::<f64>()
+            / tail.len() as f64
+            / 1e6;
+        assert!(extra < 0.02, "extra loss {extra:.4}");
+    }
+
+    #[test]
+    fn loss_cuts_to_below_what_got_through() {
+        let mut c = RateController::new(100_000_000, 0);
+        c.on_sent(3_000_000);
+        assert_eq!(c.on_report(&report(0, 0), 250 * MS), RateChange::Ignored);
+        c.on_sent(3_000_000);
+        assert_eq!(
+            c.on_report(&report(80_000_000, 200_000), 500 * MS),
+            RateChange::Cut
+        );
+        assert_eq!(c.rate_bps(), 70_000_000);
+        assert_eq!(c.ceiling_bps(), Some(80_000_000));
+    }
+
+    #[test]
+    fn a_receiver_that_falls_behind_is_settled_on() {
+        let mut c = RateController::new(100_000_000, 0);
+        c.on_sent(3_125_000);
+        c.on_report(&report(0, 0), 250 * MS);
+        c.on_sent(3_125_000); // 100 Mbit/s really sent
+        assert_eq!(
+            c.on_report(&report(40_000_000, 0), 500 * MS),
+            RateChange::Settled
+        );
+        assert_eq!(c.rate_bps(), 45_000_000);
+    }
+
+    #[test]
+    fn an_idle_stream_neither_grows_nor_settles() {
+        // The stream had little to send (e.g. an empty recoding buffer): the receiver taking what
+        // little we sent is no reason to cut, and not using the rate is no reason to grow.
+        let mut c = RateController::new(100_000_000, 0);
+        c.on_report(&report(0, 0), 250 * MS);
+        c.on_sent(100_000); // 3.2 Mbit/s
+        assert_eq!(
+            c.on_report(&report(3_000_000, 0), 500 * MS),
+            RateChange::Held
+        );
+        assert_eq!(c.rate_bps(), 100_000_000);
+    }
+
+    #[test]
+    fn early_reports_are_merged() {
+        let mut c = RateController::new(100_000_000, 0);
+        assert_eq!(c.on_report(&report(0, 500_000), MS), RateChange::Ignored);
+        assert_eq!(c.rate_bps(), 100_000_000);
+    }
+
+    #[test]
+    fn a_faster_path_is_found_again() {
+        // Bottleneck at 100 Mbit/s, then the path clears to 1 Gbit/s: the probe finds it.
+        let mut c = RateController::new(INITIAL_RATE_BPS, 0);
+        let seen = simulate(100_000_000, 0, 40, c.clone());
+        assert!(seen[39].0 < 130_000_000);
+        c = RateController::new(INITIAL_RATE_BPS, 0);
+        let mut now = 0;
+        for capacity in [100_000_000u64; 40].into_iter().chain([1_000_000_000; 30]) {
+            let rate = c.rate_bps();
+            c.on_sent((rate / 8 / 4) as usize);
+            now += 250 * MS;
+            let through = rate.min(capacity);
+            let loss = ((1.0 - through as f64 / rate as f64) * 1e6) as u32;
+            c.on_report(&report(through, loss), now);
+        }
+        assert!(c.rate_bps() > 700_000_000, "rate {}", c.rate_bps());
+    }
+}

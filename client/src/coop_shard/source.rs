@@ -1,0 +1,258 @@
+//! Where the shard's packets come from: the codec layout of a segment, the read-only map of our
+//! output file with an encoder per complete segment, and the bounded recoding buffer of the
+//! segment being received.
+
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ccfd_proto::FileMeta;
+use ccfd_ring::mapped::{map_file, Mmap};
+use snc::encoder::{EncodeError, Encoder};
+use snc::recoder::{Recoder, RecoderPush};
+use snc::Layout;
+
+use crate::params::code_params;
+
+/// Most memory a recoding buffer may hold, whatever the segment size.
+pub const RECODER_MAX_BYTES: usize = 64 << 20;
+
+/// The codec layout of `segment` of the file.
+///
+/// `meta.code.checks` is exact for a full-size segment (`min(segment_size, size)` bytes); for a
+/// shorter last segment the server's rule is reproduced: when the file's check count is the codec's
+/// default for a full segment, the short one uses the default for its own size, otherwise the same
+/// configured count. (A configured count that happens to equal the default would be mistaken for
+/// it: the peer's packets of that last segment would then not decode and fail the digest check.)
+pub fn segment_layout(meta: &FileMeta, segment: u32) -> Result<Layout, String> {
+    let len = meta
+        .segment_len(segment)
+        .ok_or_else(|| format!("segment {segment} is outside the file"))?;
+    let full = meta.segment_size.min(meta.size);
+    let mut params = code_params(&meta.code, len);
+    if len != full {
+        let full_layout = code_params(&meta.code, full)
+            .checks(None)
+            .validate()
+            .map_err(|e| format!("code parameters of {:?}: {e}", meta.name))?;
+        if full_layout.check_count() == meta.code.checks {
+            params = params.checks(None);
+        }
+    }
+    params.validate().map_err(|e| {
+        format!(
+            "segment {segment} of {:?}: bad code parameters: {e}",
+            meta.name
+        )
+    })
+}
+
+/// One segment's bytes in the shared read-only map of the output.
+#[derive(Debug)]
+pub struct SegmentBytes {
+    map: Arc<Mmap>,
+    range: Range<usize>,
+}
+
+impl SegmentBytes {
+    /// The bytes (empty if the map is shorter than the range, which [`OutputMap`] prevents).
+    pub fn bytes(&self) -> &[u8] {
+        self.map.get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// Wrapper so the encoder can be the dependent of a `self_cell`.
+#[derive(Debug)]
+pub struct BorrowedEncoder<'a>(pub Encoder<'a>);
+
+self_cell::self_cell!(
+    /// A complete segment's mapped bytes and the snc encoder over them.
+    pub struct SegmentCoder {
+        owner: SegmentBytes,
+        #[covariant]
+        dependent: BorrowedEncoder,
+    }
+    impl {Debug}
+);
+
+impl SegmentCoder {
+    /// Builds the encoder (computes the precode checks: tens of milliseconds for 32 MiB).
+    pub fn build(layout: &Layout, bytes: SegmentBytes) -> Result<SegmentCoder, EncodeError> {
+        SegmentCoder::try_new(bytes, |bytes| {
+            Encoder::new(layout, bytes.bytes()).map(BorrowedEncoder)
+        })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder<'_> {
+        &self.borrow_dependent().0
+    }
+}
+
+/// The output file mapped read-only (`MAP_SHARED`: the decoder's writes through its own shared
+/// mapping are visible), mapped at start and again when a segment lies beyond the current map.
+#[derive(Debug)]
+pub struct OutputMap {
+    path: PathBuf,
+    map: Option<Arc<Mmap>>,
+}
+
+impl OutputMap {
+    /// Maps `path` now if it can (a failure is retried at the first segment asked for).
+    pub fn open(path: &Path) -> OutputMap {
+        let mut output = OutputMap {
+            path: path.to_path_buf(),
+            map: None,
+        };
+        if let Err(error) = output.remap() {
+            tracing::debug!(path = %output.path.display(), %error, "output not mapped yet");
+        }
+        output
+    }
+
+    fn remap(&mut self) -> Result<(), String> {
+        let file =
+            File::open(&self.path).map_err(|e| format!("open {}: {e}", self.path.display()))?;
+        let map = map_file(&file).map_err(|e| format!("map {}: {e}", self.path.display()))?;
+        self.map = Some(Arc::new(map));
+        Ok(())
+    }
+
+    /// The bytes of `range` of the output, remapping when the current map is too short.
+    pub fn segment(&mut self, range: Range<usize>) -> Result<SegmentBytes, String> {
+        let covered = |map: &Option<Arc<Mmap>>| map.as_ref().is_some_and(|m| m.len() >= range.end);
+        if !covered(&self.map) {
+            self.remap()?;
+        }
+        match &self.map {
+            Some(map) if map.len() >= range.end => Ok(SegmentBytes {
+                map: Arc::clone(map),
+                range,
+            }),
+            Some(map) => Err(format!(
+                "{} holds {} bytes, segment ends at {}",
+                self.path.display(),
+                map.len(),
+                range.end
+            )),
+            None => Err(format!("{} is not mapped", self.path.display())),
+        }
+    }
+}
+
+/// The bounded recoding buffer of the segment being received.
+#[derive(Debug)]
+pub struct RecodeBuffer {
+    /// The segment.
+    pub segment: u32,
+    /// Its layout.
+    pub layout: Layout,
+    /// The buffer (systematic packets are kept for recoding but never forwarded as they are: they
+    /// would duplicate the server's).
+    pub recoder: Recoder,
+    /// Packets stored since the buffer started: no stream is sent more recoded packets than this
+    /// (more could not carry more information than we got).
+    pub stored: u64,
+    /// Packets refused by the codec.
+    pub rejected: u64,
+}
+
+impl RecodeBuffer {
+    /// An empty buffer for `segment` holding up to `1.25 N` packets (`N` = source + check
+    /// columns: a full rank's worth with room for the redundancy of band windows), about the
+    /// segment's size, at most [`RECODER_MAX_BYTES`].
+    pub fn new(segment: u32, layout: Layout) -> RecodeBuffer {
+        let per_packet = snc::packet::max_len(&layout);
+        let columns = layout.column_count() as usize;
+        let limit = (columns + columns / 4)
+            .saturating_mul(per_packet)
+            .min(RECODER_MAX_BYTES);
+        let mut recoder = Recoder::new(&layout, limit);
+        recoder.set_forward_systematic(false);
+        RecodeBuffer {
+            segment,
+            layout,
+            recoder,
+            stored: 0,
+            rejected: 0,
+        }
+    }
+
+    /// Buffers one verified codec payload of the segment.
+    pub fn push(&mut self, payload: &[u8]) {
+        let stored = snc::packet::parse(&self.layout, payload)
+            .map_err(|_| ())
+            .and_then(|view| self.recoder.push(&view).map_err(|_| ()));
+        match stored {
+            Ok(RecoderPush::Stored) => self.stored += 1,
+            Ok(RecoderPush::Duplicate) => {}
+            Err(()) => self.rejected += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccfd_proto::{CodeKind, CodeParamsWire, FieldKind};
+
+    fn meta(size: u64, segment_size: u64, checks: Option<u32>) -> FileMeta {
+        let mut code = CodeParamsWire {
+            segment_size,
+            symbol_size: 1024,
+            kind: CodeKind::Band,
+            subgen_size: 64,
+            stride: 16,
+            checks: 0,
+            field: FieldKind::Gf2,
+            systematic: false,
+        };
+        let full = code_params(&code, segment_size.min(size))
+            .checks(checks)
+            .validate()
+            .unwrap();
+        code.checks = full.check_count();
+        FileMeta {
+            name: "f".into(),
+            size,
+            segment_size,
+            segment_count: size.div_ceil(segment_size) as u32,
+            code,
+            digests: vec![[0; 32]; size.div_ceil(segment_size) as usize],
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn short_last_segment_follows_the_server_rule() {
+        let seg = 1 << 20;
+        // Default rule: the short segment gets the default count for its own size.
+        let m = meta(seg * 2 + 100_000, seg, None);
+        let last = segment_layout(&m, 2).unwrap();
+        let expected = code_params(&m.code, 100_000)
+            .checks(None)
+            .validate()
+            .unwrap();
+        assert_eq!(last.check_count(), expected.check_count());
+        assert_eq!(last.source_count(), expected.source_count());
+        assert_eq!(segment_layout(&m, 0).unwrap().check_count(), m.code.checks);
+        // A configured count is used for every segment.
+        let m = meta(seg * 2 + 100_000, seg, Some(7));
+        assert_eq!(segment_layout(&m, 2).unwrap().check_count(), 7);
+        assert!(segment_layout(&m, 3).is_err());
+    }
+
+    #[test]
+    fn recode_buffer_is_bounded_by_the_segment() {
+        let m = meta(200 * 1024, 200 * 1024, None);
+        let layout = segment_layout(&m, 0).unwrap();
+        let buffer = RecodeBuffer::new(0, layout.clone());
+        let columns = layout.column_count() as usize;
+        assert!(buffer.recoder.capacity() >= columns + columns / 4);
+        assert!(buffer.recoder.capacity() <= columns + columns / 4 + 8);
+        let big = meta(1 << 30, 1 << 30, None);
+        let huge = RecodeBuffer::new(0, segment_layout(&big, 0).unwrap());
+        assert!(huge.recoder.capacity() * 1024 <= RECODER_MAX_BYTES);
+    }
+}
