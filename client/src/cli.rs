@@ -82,6 +82,33 @@ pub struct GetArgs {
     /// Pin the decoder thread to this core (default: the last core).
     #[arg(long, value_name = "CORE")]
     pub decoder_core: Option<usize>,
+    /// Cooperation settings.
+    #[command(flatten)]
+    pub coop: CoopArgs,
+}
+
+/// Cooperation options of `get` (clients relay coded packets to each other).
+#[derive(Debug, clap::Args)]
+pub struct CoopArgs {
+    /// Fetch from the server only: no cooperation listener, no serving peers, no asking them.
+    #[arg(long)]
+    pub no_coop: bool,
+    /// Upload cap over everything sent to peers, e.g. `200mbit`, `1gbit`, `750kbit` (bits per
+    /// second, like the server's --max-rate). Default: unlimited.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub upload_rate: Option<u64>,
+    /// Download budget, same syntax: what each peer source is told we take is capped at its share of
+    /// what the budget leaves after the server's rate. Default: none.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub download_rate: Option<u64>,
+    /// After the download completes keep serving peers this long, e.g. `3s`, `1m`; `0s` leaves at
+    /// once.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Where to accept peers' cooperation connections, IP:PORT (port 0: any). Default: the --bind IP
+    /// (else the local IP that routes to the server), any port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub coop_listen: Option<SocketAddr>,
 }
 
 /// `ccfd-client list`.
@@ -158,6 +185,39 @@ pub fn parse_server(text: &str) -> Result<ServerAddr, String> {
             port: DEFAULT_SERVER_PORT,
         }),
     }
+}
+
+/// Parses a rate in bits per second written like the server's `--max-rate` (and `tc`): a number with an
+/// optional unit `bit`, `kbit`, `mbit`, `gbit`, `tbit` (decimal; `/s` allowed), e.g. `200mbit`,
+/// `1.5gbit`, `750000`. Zero is refused.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let end = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(end);
+    let number: String = number.chars().filter(|&c| c != '_').collect();
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number followed by an optional unit"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let factor = match unit.trim_end_matches("/s") {
+        "" | "bit" | "bps" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (accepted: bit, kbit, mbit, gbit, tbit)"
+            ))
+        }
+    };
+    let total = value * factor;
+    if !total.is_finite() || total < 1.0 || total >= u64::MAX as f64 {
+        return Err(format!("`{text}`: value out of range"));
+    }
+    Ok(total.round() as u64)
 }
 
 /// Parses `--bind`: an IP (port 0) or an IP:PORT.
@@ -243,6 +303,67 @@ mod tests {
             "127.0.0.9:7000".parse().unwrap()
         );
         assert!(parse_bind("nope").is_err());
+    }
+
+    #[test]
+    fn rate_forms() {
+        assert_eq!(parse_rate("200mbit").unwrap(), 200_000_000);
+        assert_eq!(parse_rate("1.5Gbit").unwrap(), 1_500_000_000);
+        assert_eq!(parse_rate("750kbit/s").unwrap(), 750_000);
+        assert_eq!(parse_rate("1_000").unwrap(), 1000);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("10mb").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn coop_options_parse_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "ccfd-client",
+            "get",
+            "f",
+            "--server",
+            "127.0.0.1",
+            "-o",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Get(get) = cli.command else {
+            panic!("parsed as list")
+        };
+        assert!(!get.coop.no_coop);
+        assert_eq!(get.coop.linger, Duration::from_secs(3));
+        assert_eq!(get.coop.upload_rate, None);
+        let cli = Cli::try_parse_from([
+            "ccfd-client",
+            "get",
+            "f",
+            "--server",
+            "127.0.0.1",
+            "-o",
+            "/tmp/x",
+            "--no-coop",
+            "--upload-rate",
+            "100mbit",
+            "--download-rate",
+            "1gbit",
+            "--linger",
+            "0s",
+            "--coop-listen",
+            "127.0.0.9:7000",
+        ])
+        .unwrap();
+        let Command::Get(get) = cli.command else {
+            panic!("parsed as list")
+        };
+        assert!(get.coop.no_coop);
+        assert_eq!(get.coop.upload_rate, Some(100_000_000));
+        assert_eq!(get.coop.download_rate, Some(1_000_000_000));
+        assert_eq!(get.coop.linger, Duration::ZERO);
+        assert_eq!(
+            get.coop.coop_listen,
+            Some("127.0.0.9:7000".parse().unwrap())
+        );
     }
 
     #[test]

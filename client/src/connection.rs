@@ -68,7 +68,8 @@ impl ControlConn {
         Err(last_err)
     }
 
-    fn from_stream(stream: TcpStream) -> io::Result<Self> {
+    /// Wraps an established TCP stream (an accepted or connected peer link).
+    pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
         let peer = stream.peer_addr()?;
@@ -109,12 +110,22 @@ impl ControlConn {
         node_id: NodeId,
         data_addr: Option<SocketAddr>,
     ) -> io::Result<()> {
+        self.send_hello_cooperating(node_id, data_addr, None).await
+    }
+
+    /// Sends the client's Hello announcing its cooperation listener `control_addr` (if it cooperates).
+    pub async fn send_hello_cooperating(
+        &mut self,
+        node_id: NodeId,
+        data_addr: Option<SocketAddr>,
+        control_addr: Option<SocketAddr>,
+    ) -> io::Result<()> {
         self.send(&Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             node_id,
             data_addr,
-            control_addr: None,
+            control_addr,
         }))
         .await
     }

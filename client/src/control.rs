@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ccfd_proto::{
     Download, DownloadAction, DownloadConfig, DownloadError, ErrorCode, FileEntry, FileMeta, Frame,
-    NodeId, ReceiverStats,
+    NodeId, PeersQuery, ReceiverStats,
 };
 use crossbeam_channel::Sender;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use crate::cli::ServerAddr;
 use crate::connection::{ConnError, ControlConn};
+use crate::coop_control::{CoopEvent, CoopHooks, PeersRequest};
 use crate::error::ClientError;
 use crate::params::check_meta;
 use crate::progress::Progress;
@@ -60,6 +61,8 @@ pub struct ControlSetup {
     pub counters: Arc<Counters>,
     /// Live statistics of the session being received.
     pub live: Arc<LiveSession>,
+    /// The cooperation listener announced in Hello (`None`: this client does not cooperate).
+    pub control_addr: Option<SocketAddr>,
 }
 
 /// The file meta, sent by the control thread once it has it.
@@ -84,6 +87,8 @@ pub struct Plan {
     pub waker: ccfd_ring::Waker,
     /// The progress bar.
     pub progress: Arc<Progress>,
+    /// The cooperation control's channels (`None` with `--no-coop`).
+    pub coop: Option<CoopHooks>,
 }
 
 /// The caller's side of a running control thread.
@@ -191,7 +196,7 @@ async fn meta_attempt(setup: &ControlSetup) -> Result<(ControlConn, FileMeta), M
         .await
         .map_err(|e| MetaFailure::Retry(format!("connect: {e}")))?;
     let lost = |e: &dyn std::fmt::Display| MetaFailure::Retry(format!("connection lost: {e}"));
-    conn.send_hello(setup.node_id, None)
+    conn.send_hello_cooperating(setup.node_id, None, setup.control_addr)
         .await
         .map_err(|e| lost(&e))?;
     conn.send(&Frame::FileMetaRequest {
@@ -337,6 +342,19 @@ impl StatsSampler {
     }
 }
 
+async fn next_peers_request(coop: &mut Option<CoopHooks>) -> Option<PeersRequest> {
+    match coop {
+        Some(hooks) => hooks.peer_requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn tell_coop(coop: &Option<CoopHooks>, event: CoopEvent) {
+    if let Some(hooks) = coop {
+        let _ = hooks.events.send(event);
+    }
+}
+
 async fn recv_from(conn: &mut Option<ControlConn>) -> Result<Frame, ConnError> {
     match conn {
         Some(conn) => conn.recv().await,
@@ -354,6 +372,10 @@ async fn drive(
 ) -> Result<(), ClientError> {
     let mut config = DownloadConfig::new(setup.node_id, plan.receive_addr);
     config.backoff_max = Duration::from_secs(5);
+    config.control_addr = setup.control_addr;
+    config.announce_have = setup.control_addr.is_some();
+    let mut coop = plan.coop;
+    let mut server_rate = 0;
     let mut download = Download::new(config, meta, plan.completed.iter().copied());
     let mut conn = Some(conn);
     let mut down_since: Option<Instant> = None;
@@ -412,7 +434,26 @@ async fn drive(
                         session = session.session.0,
                         "receiving segment"
                     );
-                    let _ = plan.commands.send(DecoderCommand::Start(session));
+                    // After a digest failure a cooperating client refetches from the server alone.
+                    let server_ip = conn.as_ref().map(|c| c.peer_addr().ip());
+                    let server_only = coop.is_some()
+                        && download.digest_failures(session.segment) > 0
+                        && server_ip.is_some();
+                    tell_coop(
+                        &coop,
+                        CoopEvent::Receiving {
+                            meta: session.clone(),
+                            server_only,
+                        },
+                    );
+                    let command = match server_ip {
+                        Some(ip) if server_only => DecoderCommand::StartServerOnly {
+                            server: SocketAddr::new(ip, session.data_port),
+                            meta: session,
+                        },
+                        _ => DecoderCommand::Start(session),
+                    };
+                    let _ = plan.commands.send(command);
                     plan.waker.wake();
                 }
                 DownloadAction::StopSegment { session, segment } => {
@@ -445,8 +486,14 @@ async fn drive(
             event = events.recv() => {
                 let now = Instant::now();
                 match event {
-                    Some(DecoderEvent::Decoded { segment }) => download.segment_decoded(now, segment),
-                    Some(DecoderEvent::Verified { segment, ok }) => download.segment_verified(now, segment, ok),
+                    Some(DecoderEvent::Decoded { segment }) => {
+                        tell_coop(&coop, CoopEvent::Decoded { segment });
+                        download.segment_decoded(now, segment)
+                    }
+                    Some(DecoderEvent::Verified { segment, ok }) => {
+                        tell_coop(&coop, CoopEvent::Verified { segment, ok });
+                        download.segment_verified(now, segment, ok)
+                    }
                     Some(DecoderEvent::Failed(err)) => return Err(err),
                     None => return Err(ClientError::Internal("decoder thread ended".into())),
                 }
@@ -456,7 +503,15 @@ async fn drive(
                 match frame {
                     Ok(frame) => {
                         down_since = None;
+                        if let Frame::PeerList { name, segment, peers } = &frame {
+                            let (name, segment, peers) = (name.clone(), *segment, peers.clone());
+                            tell_coop(&coop, CoopEvent::PeerList { name, segment, peers });
+                        }
                         download.handle_frame(now, frame);
+                        if download.server_rate_bps() != server_rate {
+                            server_rate = download.server_rate_bps();
+                            tell_coop(&coop, CoopEvent::ServerRate { bps: server_rate });
+                        }
                     }
                     Err(err) => {
                         tracing::info!(server = %setup.server, %err, "control connection lost");
@@ -465,6 +520,17 @@ async fn drive(
                         down_since.get_or_insert(now);
                         download.handle_disconnected(now);
                     }
+                }
+            }
+            request = next_peers_request(&mut coop) => {
+                match (request, conn.as_mut()) {
+                    (Some(PeersRequest { name, segment }), Some(c)) => {
+                        // A lost connection shows on the next receive; the coop asks again later.
+                        let _ = c.send(&Frame::Peers(PeersQuery::Segment { name, segment })).await;
+                    }
+                    (Some(_), None) => {}
+                    // The cooperation control ended: no more queries.
+                    (None, _) => coop = None,
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}

@@ -1,16 +1,20 @@
 //! `ccfd-client get`: the whole download of one file (see the crate documentation for the threads).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ccfd_proto::{FileMeta, NodeId};
+use ccfd_proto::{CoopConfig, FileMeta, NodeId};
 use ccfd_ring::{Ring, RingConfig, SocketConfig};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::cli::ServerAddr;
 use crate::control::{self, ControlSetup, MetaReady, Plan};
 use crate::coop::CoopQueue;
+use crate::coop_control::{self, CoopEvent, CoopHooks, CoopSetup, ShardLink};
+use crate::coop_shard::{self, ServeCommand, ServeSetup};
 use crate::error::ClientError;
 use crate::output::{self, PartFile};
 use crate::params::meta_tag;
@@ -41,6 +45,19 @@ pub struct GetOptions {
     pub decoder_core: Option<usize>,
     /// Capacity of the cooperation queue, in packets.
     pub coop_capacity: usize,
+    /// Cooperate with peers (`false`: `--no-coop`, server only).
+    pub cooperate: bool,
+    /// Where the cooperation listener binds (`None`: the `bind` IP, else the IP routing to the server;
+    /// any port).
+    pub coop_listen: Option<SocketAddr>,
+    /// Upload cap to peers, bits per second (`None`: unlimited).
+    pub upload_rate_bps: Option<u64>,
+    /// Download budget, bits per second (`None`: none).
+    pub download_rate_bps: Option<u64>,
+    /// How long to keep serving peers after the download completed.
+    pub linger: Duration,
+    /// Core to pin the cooperation shard to (default: the first core).
+    pub shard_core: Option<usize>,
 }
 
 impl GetOptions {
@@ -56,6 +73,12 @@ impl GetOptions {
             progress_json: false,
             decoder_core: None,
             coop_capacity: crate::coop::DEFAULT_CAPACITY,
+            cooperate: true,
+            coop_listen: None,
+            upload_rate_bps: None,
+            download_rate_bps: None,
+            linger: Duration::from_secs(3),
+            shard_core: None,
         }
     }
 }
@@ -71,19 +94,36 @@ pub fn random_node_id() -> NodeId {
 }
 
 /// Downloads `options.name` into `options.output`, resuming from an earlier partial run. Runs the decoder
-/// on the calling thread (pinned) and the control connection on a thread of its own.
+/// on the calling thread (pinned), the control connection on a thread of its own and, unless
+/// `cooperate` is off, the cooperation control ("ccfd-coop") and the cooperation shard; after the
+/// output is renamed they keep serving peers for `linger`, then leave.
 pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
     let live = Arc::new(LiveSession::default());
+    // The cooperation listener is bound first: its address goes into the Hello to the server.
+    let coop_listener = if options.cooperate {
+        Some(bind_coop_listener(options)?)
+    } else {
+        None
+    };
+    let control_addr =
+        match &coop_listener {
+            Some(listener) => Some(listener.local_addr().map_err(|e| {
+                ClientError::Internal(format!("cooperation listener address: {e}"))
+            })?),
+            None => None,
+        };
+    let node_id = random_node_id();
     let handle = control::spawn(ControlSetup {
         name: options.name.clone(),
         server: options.server.clone(),
         bind_ip: options.bind.map(|b| b.ip()),
         retry_for: options.retry_for,
-        node_id: random_node_id(),
+        node_id,
         counters: Arc::clone(&counters),
         live: Arc::clone(&live),
+        control_addr,
     })?;
     let ready = match handle.meta.recv() {
         Ok(ready) => ready,
@@ -132,6 +172,33 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     };
     tracing::info!(%receive_addr, backend = ?ring.backend(), resumed = completed.len(), "data socket ready");
 
+    let coop_queue = CoopQueue::new(options.coop_capacity);
+    let (cooperation, hooks) = match coop_listener {
+        Some(listener) => {
+            let started = Cooperation::start(CoopStart {
+                options,
+                meta: &meta,
+                listener,
+                node_id,
+                data_ip,
+                receive_addr,
+                completed: &completed,
+                queue: &coop_queue,
+                counters: &counters,
+                live: &live,
+            });
+            match started {
+                Ok((cooperation, hooks)) => (Some(cooperation), Some(hooks)),
+                Err(err) => {
+                    drop(handle.plan);
+                    let _ = join_control(handle.thread);
+                    return Err(err);
+                }
+            }
+        }
+        None => (None, None),
+    };
+
     let mut progress = Progress::new(options.progress, meta.size, meta.segment_count);
     if options.progress_json {
         progress = progress.with_json_lines(meta.size);
@@ -144,11 +211,14 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         commands: commands_tx,
         waker: ring.waker(),
         progress: Arc::clone(&progress),
+        coop: hooks,
     };
     if handle.plan.send(plan).is_err() {
-        return Err(join_control(handle.thread)
+        let err = join_control(handle.thread)
             .err()
-            .unwrap_or_else(control_vanished));
+            .unwrap_or_else(control_vanished);
+        leave(cooperation, Duration::ZERO);
+        return Err(err);
     }
     let mut context = DecoderContext {
         meta: meta.clone(),
@@ -156,7 +226,7 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         record_path: output::record_path(&options.output),
         counters: Arc::clone(&counters),
         live,
-        coop: CoopQueue::new(options.coop_capacity),
+        coop: coop_queue,
         commands: commands_rx,
         events: handle.events,
     };
@@ -165,14 +235,168 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     drop(ring);
     let control_result = join_control(handle.thread);
     progress.finish();
-    match (decoded, control_result) {
-        (Err(err), _) => return Err(err),
-        (Ok(_), Err(err)) => return Err(err),
-        (Ok(false), Ok(())) => return Err(ClientError::Internal("download aborted".into())),
-        (Ok(true), Ok(())) => {}
+    let outcome = match (decoded, control_result) {
+        (Err(err), _) => Err(err),
+        (Ok(_), Err(err)) => Err(err),
+        (Ok(false), Ok(())) => Err(ClientError::Internal("download aborted".into())),
+        (Ok(true), Ok(())) => finish_output(options, part, &context.record),
+    };
+    let elapsed = started.elapsed();
+    if let Err(err) = outcome {
+        leave(cooperation, Duration::ZERO);
+        return Err(err);
     }
-    finish_output(options, part, &context.record)?;
-    Ok(counters.summary(&meta.name, meta.size, meta.segment_count, started.elapsed()))
+    // The file is complete and renamed: serve peers for the linger, then leave.
+    leave(cooperation, options.linger);
+    Ok(counters.summary(&meta.name, meta.size, meta.segment_count, elapsed))
+}
+
+/// The running cooperation: the control thread ("ccfd-coop") and the shard.
+struct Cooperation {
+    events: UnboundedSender<CoopEvent>,
+    control: JoinHandle<Result<(), ClientError>>,
+    shard: JoinHandle<Result<(), ClientError>>,
+    shard_link: ShardLink,
+}
+
+/// What [`Cooperation::start`] needs.
+struct CoopStart<'a> {
+    options: &'a GetOptions,
+    meta: &'a FileMeta,
+    listener: std::net::TcpListener,
+    node_id: NodeId,
+    data_ip: IpAddr,
+    receive_addr: SocketAddr,
+    completed: &'a [u32],
+    queue: &'a CoopQueue,
+    counters: &'a Arc<Counters>,
+    live: &'a Arc<LiveSession>,
+}
+
+impl Cooperation {
+    /// Starts the shard, then the cooperation control; returns the control thread's hooks.
+    fn start(start: CoopStart<'_>) -> Result<(Cooperation, CoopHooks), ClientError> {
+        let options = start.options;
+        let shard = coop_shard::spawn(ServeSetup {
+            meta: start.meta.clone(),
+            output_path: output::part_path(&options.output),
+            bind_ip: start.data_ip,
+            upload_rate_bps: options.upload_rate_bps,
+            queue: start.queue.consumer(),
+            counters: Arc::clone(start.counters),
+            core: options.shard_core,
+        })?;
+        let shard_link = ShardLink {
+            commands: shard.commands.clone(),
+            waker: shard.waker.clone(),
+        };
+        let (events_tx, events_rx) = unbounded_channel();
+        let (requests_tx, requests_rx) = unbounded_channel();
+        let listen_ip = start
+            .listener
+            .local_addr()
+            .map_or(start.data_ip, |a| a.ip());
+        let setup = CoopSetup {
+            listener: start.listener,
+            bind_ip: listen_ip,
+            node_id: start.node_id,
+            name: start.meta.name.clone(),
+            data_addr: start.receive_addr,
+            completed: start.completed.to_vec(),
+            config: CoopConfig::default(),
+            shard: shard_link.clone(),
+            live: Arc::clone(start.live),
+            download_rate_bps: options.download_rate_bps,
+            events: events_rx,
+            peer_requests: requests_tx,
+        };
+        let control = match coop_control::spawn(setup) {
+            Ok(handle) => handle.thread,
+            Err(err) => {
+                let _ = shard.commands.send(ServeCommand::Exit);
+                shard.waker.wake();
+                let _ = shard.thread.join();
+                return Err(err);
+            }
+        };
+        tracing::info!(shard = %shard.local_addr, "cooperation shard ready");
+        let hooks = CoopHooks {
+            events: events_tx.clone(),
+            peer_requests: requests_rx,
+        };
+        Ok((
+            Cooperation {
+                events: events_tx,
+                control,
+                shard: shard.thread,
+                shard_link,
+            },
+            hooks,
+        ))
+    }
+}
+
+/// Keeps serving for `linger`, then `ExitCoop` to every peer, the shard stopped, both threads joined.
+/// Cooperation errors after the download are logged, not returned (the file is complete).
+fn leave(cooperation: Option<Cooperation>, linger: Duration) {
+    let Some(c) = cooperation else { return };
+    let _ = c.events.send(CoopEvent::Leave { linger });
+    drop(c.events);
+    let control = c
+        .control
+        .join()
+        .unwrap_or_else(|_| Err(ClientError::Internal("cooperation thread panicked".into())));
+    // The control thread stops the shard on its way out; make sure even if it did not start.
+    let _ = c.shard_link.commands.send(ServeCommand::Exit);
+    c.shard_link.waker.wake();
+    let shard = c
+        .shard
+        .join()
+        .unwrap_or_else(|_| Err(ClientError::Internal("cooperation shard panicked".into())));
+    for (what, result) in [("control", control), ("shard", shard)] {
+        if let Err(err) = result {
+            tracing::warn!(what, %err, "cooperation ended with an error");
+        }
+    }
+}
+
+/// Binds the cooperation listener: `--coop-listen`, else the `--bind` IP, else the local IP that
+/// routes to the server (found with an unconnected-then-connected UDP socket: nothing is sent), any
+/// port.
+fn bind_coop_listener(options: &GetOptions) -> Result<std::net::TcpListener, ClientError> {
+    let addr = match (options.coop_listen, options.bind) {
+        (Some(addr), _) => addr,
+        (None, Some(bind)) => SocketAddr::new(bind.ip(), 0),
+        (None, None) => SocketAddr::new(route_ip(&options.server), 0),
+    };
+    std::net::TcpListener::bind(addr).map_err(|source| ClientError::DataSocket {
+        op: "bind cooperation listener",
+        addr,
+        source,
+    })
+}
+
+/// The local IP the kernel would use to reach `server` (unspecified when it cannot be resolved now).
+fn route_ip(server: &ServerAddr) -> IpAddr {
+    let resolved = (server.host.as_str(), server.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next());
+    let Some(target) = resolved else {
+        tracing::warn!(%server, "server not resolvable now: cooperation listener on every address");
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
+    let local: IpAddr = if target.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    UdpSocket::bind(SocketAddr::new(local, 0))
+        .and_then(|socket| {
+            socket.connect(target)?;
+            socket.local_addr()
+        })
+        .map_or(local, |addr| addr.ip())
 }
 
 /// Opens `PATH.part` and its resume record: keeps the record only if it is for this file version, and

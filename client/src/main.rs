@@ -41,6 +41,11 @@ fn run_get(args: GetArgs) -> anyhow::Result<()> {
     options.progress = !args.no_progress;
     options.progress_json = args.progress_json;
     options.decoder_core = args.decoder_core;
+    options.cooperate = !args.coop.no_coop;
+    options.upload_rate_bps = args.coop.upload_rate;
+    options.download_rate_bps = args.coop.download_rate;
+    options.linger = args.coop.linger;
+    options.coop_listen = args.coop.coop_listen;
     let summary = get(&options)?;
     if args.json {
         let mut stdout = std::io::stdout().lock();

@@ -1,4 +1,5 @@
-//! The progress bar on the terminal: segments done, bytes, rate, and bytes from peers.
+//! The progress bar on the terminal: segments done, bytes, rate, bytes from the server and from peers,
+//! and bytes sent to peers.
 //!
 //! Drawn on stderr only when stderr is a terminal and `--no-progress` was not given; otherwise every call
 //! is a no-op. It is refreshed from the counters by the control thread, never by the decoder thread.
@@ -6,7 +7,7 @@
 //! With `--progress-json` ([`Progress::with_json_lines`]) it also prints one JSON object per second on
 //! stderr for programs that watch the download (`ccfd-perf swarm`), and a last one when it finishes:
 //! `{"event":"progress","seconds":..,"bytes":..,"file_size":..,"segments_done":..,"segments":..,
-//! "bytes_from_server":..,"bytes_from_peers":..,"packets_received":..}`.
+//! "bytes_from_server":..,"bytes_from_peers":..,"bytes_to_peers":..,"packets_received":..}`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -80,6 +81,8 @@ impl Progress {
             + counters.segments_resumed.load(Ordering::Relaxed);
         self.bar.set_position(done + in_flight_bytes);
         let peers = counters.bytes_from_peers.load(Ordering::Relaxed);
+        let server = counters.bytes_from_server.load(Ordering::Relaxed);
+        let to_peers = counters.bytes_to_peers.load(Ordering::Relaxed);
         if let Some(json) = &self.json {
             let line = serde_json::json!({
                 "event": "progress",
@@ -88,8 +91,9 @@ impl Progress {
                 "file_size": json.file_size,
                 "segments_done": segments_done,
                 "segments": self.segments,
-                "bytes_from_server": counters.bytes_from_server.load(Ordering::Relaxed),
+                "bytes_from_server": server,
                 "bytes_from_peers": peers,
+                "bytes_to_peers": to_peers,
                 "packets_received": counters.packets_received.load(Ordering::Relaxed),
             })
             .to_string();
@@ -105,9 +109,11 @@ impl Progress {
             }
         }
         self.bar.set_message(format!(
-            "segments {segments_done}/{} peers {}",
+            "segments {segments_done}/{} server {} peers {} sent to peers {}",
             self.segments,
-            indicatif::BinaryBytes(peers)
+            indicatif::BinaryBytes(server),
+            indicatif::BinaryBytes(peers),
+            indicatif::BinaryBytes(to_peers)
         ));
     }
 
