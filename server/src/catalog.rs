@@ -7,7 +7,12 @@
 //!   symlink leading out of the root is refused while a symlink to another file inside the root is fine.
 //! - [`Catalog::lookup`] is **blocking** (it stats, opens and, on first use, hashes the file): call it
 //!   off the control thread (`tokio::task::spawn_blocking`). Its [`ServedFile`] is cached and reused while
-//!   the file's identity (device, inode, size, mtime) stays the same.
+//!   the file's identity (device, inode, size, mtime) stays the same. Hashing reads the mapping, the
+//!   segments split over up to [`HASH_THREADS`] threads.
+//! - [`Catalog::prehash`] looks up every file under the root (the server runs it on a background
+//!   thread at start), so that the first `FileMeta` of a big file does not wait for its digests; a
+//!   lookup of a file being hashed waits for that hash (never hashes twice), a file added later is
+//!   hashed on its first lookup.
 //! - A file that changes while served is noticed by [`Catalog::lookup`] (which then returns the new
 //!   version and the replaced one) and by [`Catalog::check_changes`] (call it periodically); callers
 //!   restart the sessions of a replaced [`ServedFile`] (compare [`ServedFile::generation`]).
@@ -30,6 +35,9 @@ use crate::config::CodingSettings;
 
 /// A BLAKE3 digest of one segment.
 pub type SegmentDigest = [u8; 32];
+
+/// Most threads hashing the segments of one file.
+pub const HASH_THREADS: usize = 4;
 
 /// Why a file is not served.
 #[derive(Debug, thiserror::Error)]
@@ -415,6 +423,35 @@ impl Catalog {
         })
     }
 
+    /// Looks up (and so hashes) every regular file under the root, stopping early when `stop` turns
+    /// true. Returns how many files are ready. Errors of single files are logged and skipped.
+    pub fn prehash(&self, stop: &std::sync::atomic::AtomicBool) -> usize {
+        let started = std::time::Instant::now();
+        let files = match self.list() {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the root for hashing");
+                return 0;
+            }
+        };
+        let mut ready = 0;
+        for listed in files {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.lookup(&listed.name) {
+                Ok(_) => ready += 1,
+                Err(error) => tracing::debug!(file = %listed.name, %error, "not prehashed"),
+            }
+        }
+        tracing::info!(
+            files = ready,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "files under the root hashed"
+        );
+        ready
+    }
+
     /// Stats every cached file and drops (and returns) the ones that changed or vanished.
     pub fn check_changes(&self) -> Vec<Arc<ServedFile>> {
         let snapshot: Vec<Arc<ServedFile>> = self.lock_cache().values().cloned().collect();
@@ -509,7 +546,6 @@ impl Catalog {
             segments: identity.size.div_ceil(self.coding.segment_size),
         })?;
         let started = std::time::Instant::now();
-        let digests = hash_segments(&file, &layout).map_err(io("read"))?;
         let mapping = if identity.size > 0 {
             let map = ccfd_ring::mapped::map_file(&file).map_err(io("mmap"))?;
             if map.len() as u64 != identity.size {
@@ -523,6 +559,10 @@ impl Catalog {
             Some(map)
         } else {
             None
+        };
+        let digests = match &mapping {
+            Some(map) => hash_mapped_segments(map, &layout),
+            None => hash_segments(&file, &layout).map_err(io("read"))?,
         };
         tracing::debug!(
             file = name,
@@ -543,6 +583,38 @@ impl Catalog {
             mapping,
         })
     }
+}
+
+/// BLAKE3 of every segment of a mapped file, the segments split over up to [`HASH_THREADS`]
+/// threads (no copy: the hasher reads the mapping).
+fn hash_mapped_segments(map: &[u8], layout: &SegmentLayout) -> Vec<SegmentDigest> {
+    let count = layout.segment_count as usize;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(HASH_THREADS)
+        .min(count)
+        .max(1);
+    let digest = |index: u32| -> SegmentDigest {
+        let (offset, len) = layout.segment_range(index).expect("index < count");
+        let bytes = &map[offset as usize..offset as usize + len];
+        *blake3::hash(bytes).as_bytes()
+    };
+    if threads == 1 {
+        return (0..layout.segment_count).map(digest).collect();
+    }
+    let mut digests = vec![[0u8; 32]; count];
+    let per = count.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (part, out) in digests.chunks_mut(per).enumerate() {
+            let digest = &digest;
+            scope.spawn(move || {
+                for (k, slot) in out.iter_mut().enumerate() {
+                    *slot = digest((part * per + k) as u32);
+                }
+            });
+        }
+    });
+    digests
 }
 
 /// BLAKE3 of every segment, reading the file sequentially in 1 MiB chunks.

@@ -7,6 +7,11 @@
 //! **that** connection only. Blocking work (stat, hashing, listing) runs in `spawn_blocking`. Shard
 //! commands go through bounded queues with `try_send` (never blocking); a full queue parks commands in an
 //! overflow list that a timer flushes, in order.
+//!
+//! Encoders are built ahead of need: when a session for segment `s` of a file starts, the encoder of
+//! segment `s + 1` is built on the blocking pool and kept (at most [`PREBUILT_MAX`] unclaimed, oldest
+//! dropped first); the session of `s + 1` then starts without waiting for its precode. A session whose
+//! encoder is still being prebuilt waits for that build instead of starting a second one.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -36,6 +41,8 @@ const STATS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const CHANGE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest sleep of the timer task.
 const TIMER_MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Most encoders built ahead of need and not yet claimed by a session.
+pub const PREBUILT_MAX: usize = 8;
 
 /// Counters of the control plane.
 #[derive(Debug, Default)]
@@ -94,8 +101,28 @@ struct State {
     /// `Start` so the shard sees them in table order.
     pipelines: HashMap<SessionId, VecDeque<Pending>>,
     builds_started: u64,
+    /// Encoders built (or being built) ahead of need, by (file generation, segment).
+    prebuilt: HashMap<(u64, u32), Prebuilt>,
+    /// Their keys, oldest first (eviction order).
+    prebuilt_order: VecDeque<(u64, u32)>,
     /// This state, for the build tasks it spawns.
     me: std::rc::Weak<RefCell<State>>,
+}
+
+/// An encoder built ahead of need.
+enum Prebuilt {
+    /// Being built; a session that wanted it meanwhile waits for it here.
+    Building(Option<Claim>),
+    /// Built, not claimed yet.
+    Ready(Box<SessionCoder>),
+}
+
+/// A session waiting for a prebuild: what its `Start` needs.
+struct Claim {
+    session: SessionId,
+    ticket: u64,
+    key: ccfd_proto::SessionKey,
+    bind: SocketAddr,
 }
 
 /// A command waiting in a session's pipeline.
@@ -173,23 +200,129 @@ impl State {
                 return;
             }
         };
+        let file = Arc::clone(file);
         self.builds_started += 1;
         let ticket = self.builds_started;
         self.pipelines
             .entry(session)
             .or_default()
             .push_back(Pending::Building(ticket));
-        let build = Build {
-            ticket,
-            session,
-            segment,
-            file: Arc::clone(file),
-            layout,
-            key,
-            bind: session_bind_addr(self.listen_ip, data_port),
+        let bind = session_bind_addr(self.listen_ip, data_port);
+        let cache_key = (file.generation, segment);
+        match self.prebuilt.remove(&cache_key) {
+            Some(Prebuilt::Ready(coder)) => {
+                self.prebuilt_order.retain(|k| *k != cache_key);
+                tracing::debug!(session = session.0, segment, "prebuilt encoder used");
+                let start = ShardMsg::Start {
+                    session,
+                    segment,
+                    coder,
+                    key,
+                    bind,
+                };
+                self.build_done(session, ticket, Some(start));
+            }
+            Some(Prebuilt::Building(None)) => {
+                tracing::debug!(session = session.0, segment, "waiting for the prebuild");
+                let claim = Claim {
+                    session,
+                    ticket,
+                    key,
+                    bind,
+                };
+                self.prebuilt
+                    .insert(cache_key, Prebuilt::Building(Some(claim)));
+            }
+            other => {
+                if let Some(other) = other {
+                    self.prebuilt.insert(cache_key, other);
+                }
+                let build = Build {
+                    ticket,
+                    session,
+                    segment,
+                    file: Arc::clone(&file),
+                    layout,
+                    key,
+                    bind,
+                };
+                // Runs once the current task yields; it only touches the state after the blocking
+                // build.
+                tokio::task::spawn_local(build_task(self.me.clone(), build));
+            }
+        }
+        self.prebuild(&file, segment + 1);
+    }
+
+    /// Starts building the encoder of `segment` of `file` ahead of need (if it exists and is not
+    /// built or being built already).
+    fn prebuild(&mut self, file: &Arc<ServedFile>, segment: u32) {
+        let cache_key = (file.generation, segment);
+        if segment >= file.layout.segment_count || self.prebuilt.contains_key(&cache_key) {
+            return;
+        }
+        let Ok(layout) = segment_layout(&self.coding, file, segment) else {
+            return;
         };
-        // Runs once the current task yields; it only touches the state after the blocking build.
-        tokio::task::spawn_local(build_task(self.me.clone(), build));
+        while self.prebuilt_order.len() >= PREBUILT_MAX {
+            let Some(old) = self.prebuilt_order.pop_front() else {
+                break;
+            };
+            // A claimed build is in use: keep it (it leaves the map when it completes).
+            if let Some(Prebuilt::Building(Some(claim))) = self.prebuilt.remove(&old) {
+                self.prebuilt.insert(old, Prebuilt::Building(Some(claim)));
+            }
+        }
+        self.prebuilt.insert(cache_key, Prebuilt::Building(None));
+        self.prebuilt_order.push_back(cache_key);
+        tokio::task::spawn_local(prebuild_task(
+            self.me.clone(),
+            Arc::clone(file),
+            segment,
+            layout,
+        ));
+    }
+
+    /// A prebuild finished: hand it to the session waiting for it, or keep it for the next one.
+    fn prebuild_done(&mut self, cache_key: (u64, u32), built: Option<Box<SessionCoder>>) {
+        match self.prebuilt.remove(&cache_key) {
+            Some(Prebuilt::Building(Some(claim))) => {
+                self.prebuilt_order.retain(|k| *k != cache_key);
+                let start = built.map(|coder| ShardMsg::Start {
+                    session: claim.session,
+                    segment: cache_key.1,
+                    coder,
+                    key: claim.key,
+                    bind: claim.bind,
+                });
+                self.build_done(claim.session, claim.ticket, start);
+            }
+            Some(Prebuilt::Building(None)) => match built {
+                Some(coder) => {
+                    self.prebuilt.insert(cache_key, Prebuilt::Ready(coder));
+                }
+                None => self.prebuilt_order.retain(|k| *k != cache_key),
+            },
+            // Evicted meanwhile (or a stale entry): drop the encoder.
+            Some(other) => {
+                self.prebuilt.insert(cache_key, other);
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets the prebuilt encoders of a file generation (the file changed).
+    fn drop_prebuilt(&mut self, generation: u64) {
+        let keys: Vec<(u64, u32)> = self
+            .prebuilt
+            .iter()
+            .filter(|(k, p)| k.0 == generation && matches!(p, Prebuilt::Ready(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.prebuilt.remove(&key);
+            self.prebuilt_order.retain(|k| *k != key);
+        }
     }
 
     /// A build finished: its `Start` (or nothing, on failure) takes its place in the pipeline, and the
@@ -350,6 +483,36 @@ async fn build_task(state: std::rc::Weak<RefCell<State>>, build: Build) {
     }
 }
 
+/// Builds an encoder ahead of need on the blocking pool, then files it with the state.
+async fn prebuild_task(
+    state: std::rc::Weak<RefCell<State>>,
+    file: Arc<ServedFile>,
+    segment: u32,
+    layout: Layout,
+) {
+    let cache_key = (file.generation, segment);
+    let name = file.name.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        file.prefetch_segment(segment);
+        SessionCoder::build(&layout, file, segment)
+    })
+    .await;
+    let built = match built {
+        Ok(Ok(coder)) => Some(Box::new(coder)),
+        Ok(Err(error)) => {
+            tracing::error!(file = %name, segment, %error, "cannot encode segment");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "encoder prebuild task failed");
+            None
+        }
+    };
+    if let Some(state) = state.upgrade() {
+        state.borrow_mut().prebuild_done(cache_key, built);
+    }
+}
+
 /// Runs the control plane until `setup.shutdown` is notified (blocks the calling thread).
 pub fn run(setup: ControlSetup) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -376,6 +539,8 @@ async fn serve(setup: ControlSetup) -> std::io::Result<()> {
         stats: Arc::clone(&setup.stats),
         pipelines: HashMap::new(),
         builds_started: 0,
+        prebuilt: HashMap::new(),
+        prebuilt_order: VecDeque::new(),
         me: std::rc::Weak::new(),
     }));
     state.borrow_mut().me = Rc::downgrade(&state);
@@ -441,6 +606,7 @@ async fn timer_task(state: Rc<RefCell<State>>, watchdog: Arc<Watchdog>, index: u
                         st.files.remove(&file.name);
                         st.table.file_changed(Instant::now(), &file.name);
                     }
+                    st.drop_prebuilt(file.generation);
                 }
                 st.pump();
             }
@@ -500,8 +666,17 @@ async fn lookup(state: &Rc<RefCell<State>>, name: &str) -> Result<Lookup, Catalo
 fn remember(st: &mut State, found: &Lookup) {
     let name = found.file.name.clone();
     let previous = st.files.insert(name.clone(), Arc::clone(&found.file));
-    let replaced =
-        found.replaced.is_some() || previous.is_some_and(|p| p.version() != found.file.version());
+    if let Some(old) = &found.replaced {
+        st.drop_prebuilt(old.generation);
+    }
+    let replaced = found.replaced.is_some()
+        || previous.is_some_and(|p| {
+            let changed = p.version() != found.file.version();
+            if changed {
+                st.drop_prebuilt(p.generation);
+            }
+            changed
+        });
     if replaced {
         st.table.file_changed(Instant::now(), &name);
     }

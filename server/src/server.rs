@@ -2,6 +2,8 @@
 //!
 //! [`Server::start`] returns once the control socket is bound and every shard runs (the moment to send
 //! `READY=1`); [`Server::shutdown`] stops the control plane, then the shards, and joins every thread.
+//! Meanwhile a background thread hashes every file under the root ([`Catalog::prehash`]), so clients
+//! rarely wait for digests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +75,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     control_stop: Arc<tokio::sync::Notify>,
     control: Option<JoinHandle<std::io::Result<()>>>,
+    prehash: Option<JoinHandle<()>>,
     shards: Vec<Shard>,
     shard_stats: Vec<Arc<ShardStats>>,
     control_stats: Arc<ControlStats>,
@@ -180,6 +183,7 @@ impl Server {
         });
         let control_stop = Arc::new(tokio::sync::Notify::new());
         let control_stats = Arc::new(ControlStats::default());
+        let prehash_catalog = Arc::clone(&catalog);
         let setup = ControlSetup {
             listener,
             table,
@@ -210,6 +214,16 @@ impl Server {
                 return Err(ServerError::Thread(error));
             }
         };
+        let prehash = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("ccfd-prehash".into())
+                .spawn(move || {
+                    prehash_catalog.prehash(&stop);
+                })
+                .map_err(|error| tracing::warn!(%error, "no background hashing"))
+                .ok()
+        };
         let shard_stats = shards.iter().map(|s| Arc::clone(s.stats())).collect();
         tracing::info!(control = %control_addr, shards = settings.shards, udp_base = settings.udp_base,
             max_rate = ?settings.max_rate.map(|r| r.to_string()), "server running");
@@ -218,6 +232,7 @@ impl Server {
             stop,
             control_stop,
             control: Some(control),
+            prehash,
             shards,
             shard_stats,
             control_stats,
@@ -270,6 +285,9 @@ impl Server {
         self.stop.store(true, Ordering::Release);
         for shard in self.shards.drain(..) {
             shard.join();
+        }
+        if let Some(prehash) = self.prehash.take() {
+            let _ = prehash.join();
         }
     }
 }

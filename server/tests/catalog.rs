@@ -201,3 +201,34 @@ fn concurrent_first_lookups_hash_once() {
         "{generations:?}"
     );
 }
+
+#[test]
+fn prehash_readies_every_file_and_lookups_reuse_it() {
+    let (dir, catalog) = setup();
+    // Many segments, so the digests are computed by several threads.
+    let big = patterned(64 * 1024 + 17, 9);
+    std::fs::write(dir.path().join("root/sub/many.bin"), &big).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // a.bin, sub/b.bin, sub/many.bin and inside-link (-> sub/b.bin); links out are skipped.
+    assert_eq!(catalog.prehash(&stop), 4);
+    let file = catalog.lookup("sub/many.bin").unwrap().file;
+    assert_eq!(file.layout.segment_count, 17);
+    for index in 0..file.layout.segment_count {
+        let (offset, len) = file.layout.segment_range(index).unwrap();
+        assert_eq!(
+            file.digests[index as usize],
+            *blake3::hash(&big[offset as usize..offset as usize + len]).as_bytes(),
+            "segment {index}"
+        );
+    }
+    let first = catalog.lookup("a.bin").unwrap();
+    assert!(first.replaced.is_none());
+    assert_eq!(
+        catalog.lookup("a.bin").unwrap().file.generation,
+        first.file.generation
+    );
+    // Stopped before it starts: nothing is hashed.
+    let (_dir2, fresh) = setup();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(fresh.prehash(&stop), 0);
+}
