@@ -5,11 +5,13 @@
 //! and every wait is bounded.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ccfd_client::resume::ResumeRecord;
@@ -88,6 +90,17 @@ pub struct Server {
     pub addr: SocketAddr,
     args: Vec<String>,
     log: PathBuf,
+    /// The JSON statistics line the server prints on stdout at a clean shutdown.
+    stopped_line: Arc<Mutex<Option<String>>>,
+}
+
+/// What the server says it sent in its lifetime (its last stdout line at a clean shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerTotals {
+    /// Data packets sent.
+    pub packets_sent: u64,
+    /// Data bytes sent (UDP payloads: header, codec payload, MAC).
+    pub bytes_sent: u64,
 }
 
 impl Server {
@@ -133,10 +146,16 @@ impl Server {
             name: "ccfd-server".into(),
         };
         let (tx, rx) = mpsc::channel();
+        let stopped_line = Arc::new(Mutex::new(None));
+        let stopped = Arc::clone(&stopped_line);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("listening ") {
                     let _ = tx.send(addr.trim().to_string());
+                } else if line.starts_with("{\"event\":\"stopped\"") {
+                    if let Ok(mut slot) = stopped.lock() {
+                        *slot = Some(line);
+                    }
                 }
             }
         });
@@ -155,6 +174,44 @@ impl Server {
             addr,
             args,
             log,
+            stopped_line,
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM, bounded wait) and returns the totals it printed.
+    pub fn stop(&mut self, timeout: Duration) -> ServerTotals {
+        let pid = self.proc.pid();
+        assert!(pid != 0, "ccfd-server already reaped");
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let status = self.proc.wait(timeout);
+        assert!(
+            status.success(),
+            "ccfd-server exited with {status:?} after SIGTERM; log:\n{}",
+            self.log()
+        );
+        // The stdout reader may still be catching up with the last line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let line = loop {
+            if let Some(line) = self.stopped_line.lock().ok().and_then(|l| l.clone()) {
+                break line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ccfd-server printed no statistics line at shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let json: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("bad statistics line {line:?}: {e}"));
+        let field = |name: &str| {
+            json.get(name)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or_else(|| panic!("statistics line {line:?} has no {name}"))
+        };
+        ServerTotals {
+            packets_sent: field("packets_sent"),
+            bytes_sent: field("bytes_sent"),
         }
     }
 
@@ -347,4 +404,23 @@ pub fn get_args(name: &str, server: SocketAddr, output: &Path, bind: &str) -> Ve
 /// `Vec<String>` → `Vec<&str>`.
 pub fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+/// Arguments of a cooperating `get` ([`get_args`] plus `extra`, e.g. `--upload-rate 400mbit`).
+pub fn coop_get_args(
+    name: &str,
+    server: SocketAddr,
+    output: &Path,
+    bind: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = get_args(name, server, output, bind);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Prints a message that `cargo test` does not capture (skips and figures are never silent).
+pub fn say(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
