@@ -396,3 +396,114 @@ fn upload_cap_bounds_the_send_rate_of_all_streams() {
     );
     exit(shard);
 }
+
+/// Codec payloads of the next `count` packets arriving on `socket`.
+fn payloads(socket: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < count && Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let (_, payload) = DataPacket::open(&KEY, &buf[..n]).unwrap();
+            out.push(payload.to_vec());
+        }
+    }
+    assert_eq!(out.len(), count, "too few packets");
+    out
+}
+
+#[test]
+fn two_streams_of_one_segment_never_send_the_same_packet() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "distinct");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let shard = start_shard("127.78.6.1", m.clone(), &output, None);
+    let (a, to_a) = receiver("127.78.6.2");
+    let (b, to_b) = receiver("127.78.6.3");
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    for (link, to) in [(1, to_a), (2, to_b)] {
+        shard.handle.send(ServeCommand::Start {
+            stream: stream(link, 1),
+            segment: 0,
+            key: KEY,
+            to,
+            source: ServeSource::Encode,
+        });
+    }
+    let from_a: std::collections::HashSet<Vec<u8>> = payloads(&a, 300).into_iter().collect();
+    let from_b = payloads(&b, 300);
+    assert!(from_b.iter().all(|p| !from_a.contains(p)));
+    assert_eq!(from_a.len(), 300);
+    exit(shard);
+}
+
+#[test]
+fn receiving_again_restarts_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "again");
+    std::fs::write(&output, vec![0u8; SEGMENT]).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let shard = start_shard("127.78.7.1", m.clone(), &output, None);
+    let (socket, to) = receiver("127.78.7.2");
+    shard.handle.send(ServeCommand::Receiving { segment: 0 });
+    shard.handle.send(ServeCommand::Start {
+        stream: stream(1, 1),
+        segment: 0,
+        key: KEY,
+        to,
+        source: ServeSource::Recode,
+    });
+    feed(&shard.queue, &m, &data, 0, 20, 1);
+    let (first, _) = count_arrivals(&socket, Duration::from_millis(300));
+    assert_eq!(first, 20, "one recoded packet per stored packet");
+    // The segment is fetched again (say its digest failed): the old packets are gone.
+    shard.handle.send(ServeCommand::Receiving { segment: 0 });
+    assert_eq!(count_arrivals(&socket, Duration::from_millis(200)).0, 0);
+    feed(&shard.queue, &m, &data, 0, 5, 2);
+    assert_eq!(count_arrivals(&socket, Duration::from_millis(300)).0, 5);
+    exit(shard);
+}
+
+#[test]
+fn receiver_reports_of_loss_slow_the_stream_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "reports");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let shard = start_shard("127.78.8.1", m, &output, None);
+    let (socket, to) = receiver("127.78.8.2");
+    let id = stream(1, 1);
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    shard.handle.send(ServeCommand::Start {
+        stream: id,
+        segment: 0,
+        key: KEY,
+        to,
+        source: ServeSource::Encode,
+    });
+    let report = |receive_rate_bps: u64, loss_ppm: u32| ServeCommand::Report {
+        stream: id,
+        stats: ccfd_proto::ReceiverStats {
+            receive_rate_bps,
+            loss_ppm,
+            ..Default::default()
+        },
+    };
+    count_arrivals(&socket, Duration::from_millis(100));
+    // The first report only starts the measurement; the second says 8 Mbit/s got through with 20 %
+    // loss: the stream is cut to 7 Mbit/s (from 100 Mbit/s).
+    shard.handle.send(report(0, 0));
+    count_arrivals(&socket, Duration::from_millis(100));
+    shard.handle.send(report(8_000_000, 200_000));
+    count_arrivals(&socket, Duration::from_millis(100));
+    let window = Duration::from_millis(1000);
+    let (_, bytes) = count_arrivals(&socket, window);
+    let bps = bytes as f64 * 8.0 / window.as_secs_f64();
+    assert!(bps < 14e6, "still {bps} bit/s after the cut to 7 Mbit/s");
+    assert!(bps > 3e6, "only {bps} bit/s after the cut to 7 Mbit/s");
+    exit(shard);
+}

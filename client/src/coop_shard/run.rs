@@ -10,7 +10,7 @@ use ccfd_proto::{
     DataHeader, DataPacket, Origin, ReceiverStats, ServeSource, SessionKey, DATA_HEADER_LEN,
 };
 use ccfd_ring::{max_datagrams, Ring, SendError, SocketId, MAX_SEGMENTS};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use snc::encoder::Stream;
 use snc::packet::{self, PacketKind};
 use snc::prng::Prng;
@@ -50,14 +50,25 @@ struct ServeStream {
     prng: Prng,
     /// Sequence number of the next packet.
     seq: u32,
-    /// Recoded packets sent (bounded by what the buffer stored).
+    /// Recoded packets sent from buffer `generation` (bounded by what it stored).
     recoded: u64,
+    generation: u64,
     pacer: Pacer,
     control: RateController,
     packets: u64,
     bytes: u64,
     started_ns: u64,
     broken: bool,
+}
+
+/// An encoder built by a helper thread, or why it could not be.
+type Built = (u32, Result<SegmentCoder, String>);
+
+/// Whether a complete segment's encoder is there.
+enum CoderState {
+    Ready,
+    Building,
+    Failed,
 }
 
 enum Batch {
@@ -78,6 +89,11 @@ struct Shard {
     receiving: Option<RecodeBuffer>,
     completed: BTreeSet<u32>,
     coders: BTreeMap<u32, SegmentCoder>,
+    /// Encoders being built off the shard thread (the precode takes tens of milliseconds).
+    building: BTreeSet<u32>,
+    built_tx: Sender<Built>,
+    built_rx: Receiver<Built>,
+    generations: u64,
     output: OutputMap,
     /// The upload cap over all streams.
     total: Option<Pacer>,
@@ -97,6 +113,7 @@ pub(super) fn run(
     let total = setup
         .upload_rate_bps
         .map(|cap| Pacer::new(cap, ccfd_ring::MAX_SEND_PAYLOAD, 0));
+    let (built_tx, built_rx) = crossbeam_channel::unbounded();
     let mut shard = Shard {
         setup,
         ring,
@@ -106,6 +123,10 @@ pub(super) fn run(
         receiving: None,
         completed: BTreeSet::new(),
         coders: BTreeMap::new(),
+        building: BTreeSet::new(),
+        built_tx,
+        built_rx,
+        generations: 0,
         output,
         total,
         discarded: 0,
@@ -152,6 +173,7 @@ impl Shard {
                     Err(TryRecvError::Empty) => break,
                 }
             }
+            self.collect_built();
             self.drain_queue();
             let timeout = self.send_round()?;
             if let Err(error) = self.ring.wait(Some(timeout)) {
@@ -221,21 +243,17 @@ impl Shard {
         }
     }
 
+    /// (Re)starts the recoding buffer: a segment fetched again (after a failed digest) starts
+    /// from an empty buffer, so nothing of the failed attempt is recoded.
     fn receiving(&mut self, segment: u32) {
-        if self
-            .receiving
-            .as_ref()
-            .is_some_and(|b| b.segment == segment)
-        {
-            return;
-        }
         if self.completed.contains(&segment) {
             self.receiving = None;
             return;
         }
         match segment_layout(&self.setup.meta, segment) {
             Ok(layout) => {
-                let buffer = RecodeBuffer::new(segment, layout);
+                self.generations += 1;
+                let buffer = RecodeBuffer::new(segment, layout, self.generations);
                 tracing::debug!(
                     segment,
                     capacity = buffer.recoder.capacity(),
@@ -301,6 +319,7 @@ impl Shard {
             prng: Prng::new(random_u64()),
             seq: 0,
             recoded: 0,
+            generation: 0,
             pacer: Pacer::new(initial, min_burst, now),
             control: RateController::new(initial, now),
             packets: 0,
@@ -388,24 +407,61 @@ impl Shard {
         }
     }
 
-    /// Makes sure the encoder of a complete `segment` exists; false if it cannot be built.
-    fn ensure_coder(&mut self, segment: u32, layout: &Layout) -> bool {
+    /// Starts building the encoder of a complete `segment` on a helper thread unless it exists.
+    fn ensure_coder(&mut self, segment: u32, layout: &Layout) -> CoderState {
         if self.coders.contains_key(&segment) {
-            return true;
+            return CoderState::Ready;
         }
-        let built = segment_range(&self.setup.meta, segment)
+        if self.building.contains(&segment) {
+            return CoderState::Building;
+        }
+        let bytes = match segment_range(&self.setup.meta, segment)
             .ok_or_else(|| format!("segment {segment} outside the file"))
             .and_then(|range| self.output.segment(range))
-            .and_then(|bytes| SegmentCoder::build(layout, bytes).map_err(|e| e.to_string()));
-        match built {
-            Ok(coder) => {
-                tracing::debug!(segment, "encoder of a complete segment built");
-                self.coders.insert(segment, coder);
-                true
-            }
+        {
+            Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(segment, %error, "cannot encode from our copy");
-                false
+                return CoderState::Failed;
+            }
+        };
+        let layout = layout.clone();
+        let done = self.built_tx.clone();
+        let waker = self.ring.waker();
+        let spawned = std::thread::Builder::new()
+            .name("ccfd-coop-precode".into())
+            .spawn(move || {
+                let built = SegmentCoder::build(&layout, bytes).map_err(|e| e.to_string());
+                let _ = done.send((segment, built));
+                waker.wake();
+            });
+        match spawned {
+            Ok(_) => {
+                self.building.insert(segment);
+                CoderState::Building
+            }
+            Err(error) => {
+                tracing::warn!(segment, %error, "cannot start the encoder build");
+                CoderState::Failed
+            }
+        }
+    }
+
+    /// Takes the encoders the helper threads finished.
+    fn collect_built(&mut self) {
+        while let Ok((segment, built)) = self.built_rx.try_recv() {
+            self.building.remove(&segment);
+            match built {
+                Ok(coder) => {
+                    tracing::debug!(segment, "encoder of a complete segment built");
+                    self.coders.insert(segment, coder);
+                }
+                Err(error) => {
+                    tracing::warn!(segment, %error, "cannot encode from our copy");
+                    for stream in self.streams.iter_mut().filter(|s| s.segment == segment) {
+                        stream.broken = true;
+                    }
+                }
             }
         }
     }
@@ -431,8 +487,13 @@ impl Shard {
             };
             if encode && self.completed.contains(&segment) && !self.streams[i].broken {
                 let layout = self.streams[i].layout.clone();
-                if !self.ensure_coder(segment, &layout) {
-                    self.streams[i].broken = true;
+                match self.ensure_coder(segment, &layout) {
+                    CoderState::Ready => {}
+                    CoderState::Building => {
+                        starved = true;
+                        continue;
+                    }
+                    CoderState::Failed => self.streams[i].broken = true,
                 }
             }
             for _ in 0..BATCHES_PER_TURN {
@@ -493,12 +554,14 @@ impl Shard {
         let mut buffer = None;
         if coder.is_none() {
             match receiving.as_mut() {
-                Some(b)
-                    if stream.mode == ServeSource::Recode
-                        && b.segment == stream.segment
-                        && !b.recoder.is_empty()
-                        && stream.recoded < b.stored =>
-                {
+                Some(b) if stream.mode == ServeSource::Recode && b.segment == stream.segment => {
+                    if stream.generation != b.generation {
+                        stream.generation = b.generation;
+                        stream.recoded = 0;
+                    }
+                    if b.recoder.is_empty() || stream.recoded >= b.stored {
+                        return Ok(Batch::Starved);
+                    }
                     buffer = Some(b)
                 }
                 _ => return Ok(Batch::Starved),

@@ -156,13 +156,15 @@ pub struct RecodeBuffer {
     pub stored: u64,
     /// Packets refused by the codec.
     pub rejected: u64,
+    /// Which (re)start of the recoding buffer this is (streams reset their budget when it changes).
+    pub generation: u64,
 }
 
 impl RecodeBuffer {
     /// An empty buffer for `segment` holding up to `1.25 N` packets (`N` = source + check
     /// columns: a full rank's worth with room for the redundancy of band windows), about the
     /// segment's size, at most [`RECODER_MAX_BYTES`].
-    pub fn new(segment: u32, layout: Layout) -> RecodeBuffer {
+    pub fn new(segment: u32, layout: Layout, generation: u64) -> RecodeBuffer {
         let per_packet = snc::packet::max_len(&layout);
         let columns = layout.column_count() as usize;
         let limit = (columns + columns / 4)
@@ -176,6 +178,7 @@ impl RecodeBuffer {
             recoder,
             stored: 0,
             rejected: 0,
+            generation,
         }
     }
 
@@ -247,12 +250,12 @@ mod tests {
     fn recode_buffer_is_bounded_by_the_segment() {
         let m = meta(200 * 1024, 200 * 1024, None);
         let layout = segment_layout(&m, 0).unwrap();
-        let buffer = RecodeBuffer::new(0, layout.clone());
+        let buffer = RecodeBuffer::new(0, layout.clone(), 1);
         let columns = layout.column_count() as usize;
         assert!(buffer.recoder.capacity() >= columns + columns / 4);
         assert!(buffer.recoder.capacity() <= columns + columns / 4 + 8);
         let big = meta(1 << 30, 1 << 30, None);
-        let huge = RecodeBuffer::new(0, segment_layout(&big, 0).unwrap());
+        let huge = RecodeBuffer::new(0, segment_layout(&big, 0).unwrap(), 1);
         assert!(huge.recoder.capacity() * 1024 <= RECODER_MAX_BYTES);
     }
 }
