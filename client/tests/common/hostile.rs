@@ -446,7 +446,7 @@ fn garbage_stream(
         for _ in 0..s.config.packets_per_ms {
             let subgen = (rng.next() % u64::from(layout.subgen_count().max(1))) as u32;
             // Alternate the two coded forms: a random seed, or an explicit random vector.
-            let len = if seq % 2 == 0 {
+            let len = if seq.is_multiple_of(2) {
                 let header = Header::Coded {
                     subgen,
                     seed: rng.next(),
@@ -456,7 +456,7 @@ fn garbage_stream(
                 packet::len(layout, PacketKind::Coded)
             } else {
                 rng.fill(&mut coeffs);
-                if layout.field() == snc::Field::Gf2 && window % 8 != 0 {
+                if layout.field() == snc::Field::Gf2 && !window.is_multiple_of(8) {
                     if let Some(last) = coeffs.last_mut() {
                         *last &= (1u8 << (window % 8)) - 1;
                     }
