@@ -4,15 +4,17 @@
 //! A thread "ccfd-coop" runs a tokio current-thread runtime with:
 //! - the cooperation listener (bound by [`crate::get`] before the control thread starts, so its
 //!   address goes into the Hello to the server) accepting inbound peer links;
-//! - outbound links opened on [`CoopAction::Connect`] (from the `--bind` IP, so peers see our IP);
-//! - one task per link reading and writing frames ([`ControlConn`] framing);
-//! - the [`Coop`] timers, and a statistics tick that turns the decoder's per-source tallies
-//!   ([`sources::SourceBoard`]) into `ReceiverStats` for each source's heartbeat.
+//! - outbound links opened on `CoopAction::Connect` (from the `--bind` IP, so peers see our IP);
+//! - one task per link reading and writing frames ([`crate::connection::ControlConn`] framing);
+//! - the `Coop` timers, and a statistics tick that turns the decoder's per-source tallies
+//!   ([`sources::SourceBoard`]) into `ReceiverStats` for each source's heartbeat. The receive rate
+//!   reported to a source is its *useful* rate (bytes that raised our decoder's rank): peers that
+//!   hold what we hold send redundant recoded packets, and the source paces down to what helps.
 //!
 //! Inputs come as [`CoopEvent`]s from the control thread (session started, decoded, verified or
 //! failed, the server's `PeerList` answers, the server's rate) and from `get` (leave after the linger).
-//! [`CoopAction::RequestPeers`] goes back to the control thread as a [`PeersRequest`], which sends
-//! `Peers` on the server connection. Serving actions become [`ServeCommand`]s for the cooperation
+//! `CoopAction::RequestPeers` goes back to the control thread as a [`PeersRequest`], which sends
+//! `Peers` on the server connection. Serving actions become `ServeCommand`s for the cooperation
 //! shard (its waker fired after each batch).
 //!
 //! Download budget (`--download-rate`): the frame `ReceiverStats` has no budget field, so the server

@@ -355,13 +355,17 @@ fn receive(
                         return;
                     }
                     let push_started = Instant::now();
+                    let mut innovative = true;
                     match decoder.push(payload) {
                         Err(_) => {
                             Counters::add(&counters.dropped_malformed, 1);
                             dropped_here += 1;
                             return;
                         }
-                        Ok(Progress::Redundant) => Counters::add(&counters.packets_redundant, 1),
+                        Ok(Progress::Redundant) => {
+                            innovative = false;
+                            Counters::add(&counters.packets_redundant, 1)
+                        }
                         Ok(Progress::Innovative) => {}
                         Ok(Progress::Complete) => {
                             complete = true;
@@ -384,7 +388,12 @@ fn receive(
                         }
                         Origin::Peer => {
                             Counters::add(&counters.bytes_from_peers, payload.len() as u64);
-                            tally.record(datagram.source.ip(), header.seq, payload.len() as u64);
+                            tally.record(
+                                datagram.source.ip(),
+                                header.seq,
+                                payload.len() as u64,
+                                innovative,
+                            );
                         }
                     }
                     if coop.is_full() {

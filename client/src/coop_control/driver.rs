@@ -69,6 +69,7 @@ struct Sample {
     at: Instant,
     packets: u64,
     bytes: u64,
+    useful_bytes: u64,
     span: u64,
     stats: ReceiverStats,
 }
@@ -432,10 +433,19 @@ impl Driver {
             if seconds < STATS_TICK.as_secs_f64() / 2.0 {
                 return prev.stats;
             }
-            let rate = (entry.bytes.saturating_sub(prev.bytes) * 8) as f64 / seconds;
+            // The rate we report is the *useful* one (bytes that raised our rank): recoded packets
+            // of peers that hold what we hold are worthless, and a source paces down to what helps.
+            // A source that sent only redundant packets is reported at 1 bit/s (known, not zero).
+            let got_bytes = entry.bytes.saturating_sub(prev.bytes);
+            let useful = entry.useful_bytes.saturating_sub(prev.useful_bytes);
+            let rate = (useful * 8) as f64 / seconds;
             let expected = span.saturating_sub(prev.span);
             let got = entry.packets.saturating_sub(prev.packets).min(expected);
-            stats.receive_rate_bps = rate as u64;
+            stats.receive_rate_bps = if got_bytes > 0 {
+                (rate as u64).max(1)
+            } else {
+                0
+            };
             stats.loss_ppm = ((expected - got) * 1_000_000)
                 .checked_div(expected)
                 .unwrap_or(0) as u32;
@@ -450,6 +460,7 @@ impl Driver {
                 at: now,
                 packets: entry.packets,
                 bytes: entry.bytes,
+                useful_bytes: entry.useful_bytes,
                 span,
                 stats,
             },

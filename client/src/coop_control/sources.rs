@@ -23,6 +23,8 @@ pub struct SourceEntry {
     pub packets: u64,
     /// Codec payload bytes of those packets.
     pub bytes: u64,
+    /// Codec payload bytes of those packets that were innovative (raised the decoder's rank).
+    pub useful_bytes: u64,
     /// Sequence number of its first accepted packet.
     pub seq_first: u32,
     /// Highest sequence number accepted from it.
@@ -54,12 +56,15 @@ impl SourceTally {
         }
     }
 
-    /// Counts one accepted packet of `bytes` payload bytes with sequence number `seq` from `ip`.
-    pub fn record(&mut self, ip: IpAddr, seq: u32, bytes: u64) {
+    /// Counts one accepted packet of `bytes` payload bytes with sequence number `seq` from `ip`;
+    /// `innovative` when it raised the decoder's rank.
+    pub fn record(&mut self, ip: IpAddr, seq: u32, bytes: u64, innovative: bool) {
         self.dirty = true;
+        let useful = if innovative { bytes } else { 0 };
         if let Some(e) = self.entries.iter_mut().find(|e| e.ip == ip) {
             e.packets += 1;
             e.bytes += bytes;
+            e.useful_bytes += useful;
             // Sequence numbers only grow within a stream (a restart shows as a new first).
             if seq.wrapping_sub(e.seq_max) < u32::MAX / 2 {
                 e.seq_max = seq;
@@ -71,6 +76,7 @@ impl SourceTally {
                 ip,
                 packets: 1,
                 bytes,
+                useful_bytes: useful,
                 seq_first: seq,
                 seq_max: seq,
             });
@@ -134,9 +140,9 @@ mod tests {
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let mut tally = SourceTally::new(7);
         for seq in [10, 11, 13, 14] {
-            tally.record(a, seq, 100);
+            tally.record(a, seq, 100, seq != 13);
         }
-        tally.record(b, 0, 50);
+        tally.record(b, 0, 50, true);
         let board = SourceBoard::default();
         board.publish(&mut tally);
         let (session, entries) = board.snapshot();
@@ -144,6 +150,7 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].packets, 4);
         assert_eq!(entries[0].bytes, 400);
+        assert_eq!(entries[0].useful_bytes, 300);
         assert_eq!(entries[0].seq_span(), 5);
         assert_eq!(entries[1].seq_span(), 1);
     }
