@@ -1028,7 +1028,8 @@ fn print_table(report: &Report) {
         })
     };
     let net = match (report.rate_bits_per_s, report.loss_pct) {
-        (None, None) => "loopback".to_owned(),
+        (None, None) if report.mode == "loopback" => "loopback".to_owned(),
+        (None, None) => "namespace lab, no shaping, no loss".to_owned(),
         (rate, loss) => format!(
             "namespace lab, {} per host up and down, {}% loss",
             rate.map_or("no rate limit".to_owned(), |r| format!(
