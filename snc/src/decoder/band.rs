@@ -18,7 +18,8 @@
 //!    set bit;
 //! 3. the holes: `x_h` from the check sums (`~h * C / 2` symbol operations);
 //! 4. fix-up, descending from the last hole: `d = U_nh^-1 (U_h x_h)` in a ring of `w`
-//!    symbols, `x_p = v_p + d_p` in place.
+//!    symbols, `x_p = v_p + d_p` in place; GF(2) rows add one tabulated subset of
+//!    `e_j` (`x_j` for a hole, `d_j` for a pivot column) per group of four, like pass 2.
 
 mod holes;
 mod rows;
@@ -364,7 +365,11 @@ impl<'a> BandDecoder<'a> {
         for p in (0..n).rev() {
             if let Some(t) = tables.as_mut() {
                 if (p + 1) % 4 == 0 && p + 1 < n {
-                    t.build(kernel, (p + 1) / 4, n, &self.slots.all());
+                    let a = (p + 1) / 4;
+                    let valid = (n - 4 * a).min(4);
+                    let members = self.pivots.nibble(a) & ((1 << valid) - 1);
+                    let all = self.slots.all();
+                    t.build_with(kernel, a, members, |c| all.get(c));
                 }
             }
             if !self.pivots.get(p) {
@@ -449,13 +454,128 @@ impl<'a> BandDecoder<'a> {
         drop(rhs);
 
         // 4. Fix-up: d = U_nh^-1 (U_h x_h), descending from the last hole; x_p = v_p + d_p.
+        match self.rows {
+            Rows::Bits(_) => self.fix_up_bits(holes),
+            Rows::Bytes { .. } => self.fix_up_bytes(holes),
+        }
+    }
+
+    /// Fix-up over bit rows with group tables. With `e_j = x_j` for a hole and `e_j = d_j`
+    /// for a pivot column (zero above the last hole), `d_p = sum U_pj e_j` over the row: the
+    /// same shape as the back-substitution, so it adds one tabulated subset per group of four.
+    fn fix_up_bits(&mut self, holes: &[u32]) {
+        let kernel = self.kernel;
+        let sym = self.layout.symbol_size();
+        let n = self.n;
+        let last = *holes.last().expect("non-empty");
+        let ring_slots = (self.w as usize).next_power_of_two().max(64);
+        let mask = ring_slots as u32 - 1;
+        let mut ring = vec![0u8; ring_slots * sym];
+        // live[i]: ring slot i holds a non-zero d (for a pivot column below `last`).
+        let mut live = vec![false; ring_slots];
+        let mut tables = GroupTables::new(sym);
+        self.note_memory(ring.capacity() + tables.bytes());
+        let Rows::Bits(bits) = &self.rows else {
+            unreachable!("bit rows")
+        };
+        let pivots = &self.pivots;
+        // Non-zero e_j: a hole, or a live pivot column below the last hole.
+        let nonzero = |j: u32, live: &[bool]| {
+            j < n && (!pivots.get(j) || (j < last && live[(j & mask) as usize]))
+        };
+        // Groups above `last` can hold only the last hole itself.
+        let top = (last + 64).min(n);
+        for p in (0..top).rev() {
+            if (p + 1) % 4 == 0 && p + 1 < n {
+                let a = (p + 1) / 4;
+                let mut members = 0;
+                for i in 0..4 {
+                    if nonzero(4 * a + i, &live) {
+                        members |= 1 << i;
+                    }
+                }
+                let all = self.slots.all();
+                let ring = &ring;
+                tables.build_with(kernel, a, members, |j| {
+                    if pivots.get(j) {
+                        &ring[(j & mask) as usize * sym..][..sym]
+                    } else {
+                        all.get(j)
+                    }
+                });
+            }
+            if p >= last || !pivots.get(p) {
+                continue;
+            }
+            let slot = (p & mask) as usize;
+            let (lo, rest) = ring.split_at_mut(slot * sym);
+            let (dst, hi) = rest.split_at_mut(sym);
+            let all = self.slots.all();
+            let e = |j: u32| -> &[u8] {
+                if pivots.get(j) {
+                    let s = (j & mask) as usize;
+                    if s < slot {
+                        &lo[s * sym..][..sym]
+                    } else {
+                        &hi[(s - slot - 1) * sym..][..sym]
+                    }
+                } else {
+                    all.get(j)
+                }
+            };
+            let word = bits[p as usize];
+            let mut terms: [&[u8]; 32] = [&[]; 32];
+            let mut nt = 0;
+            let first_group = (p + 1).next_multiple_of(4);
+            for j in p + 1..first_group.min(p + 64).min(n) {
+                if (word >> (j - p)) & 1 == 1 && nonzero(j, &live) {
+                    terms[nt] = e(j);
+                    nt += 1;
+                }
+            }
+            let mut col = first_group;
+            while col < p + 64 && col < n {
+                let a = col / 4;
+                let mut members = 0;
+                for i in 0..4 {
+                    if nonzero(col + i, &live) {
+                        members |= 1 << i;
+                    }
+                }
+                let m = (word >> (col - p)) as u32 & 0xF & members;
+                match m.count_ones() {
+                    0 => {}
+                    1 => {
+                        terms[nt] = e(col + m.trailing_zeros());
+                        nt += 1;
+                    }
+                    _ => {
+                        terms[nt] = tables.entry(a, m);
+                        nt += 1;
+                    }
+                }
+                col += 4;
+            }
+            live[slot] = nt > 0;
+            if nt > 0 {
+                dst.fill(0);
+                kernel.xor_multi(dst, &terms[..nt]);
+                kernel.xor(self.slots.get_mut(p), dst);
+            }
+        }
+    }
+
+    /// Fix-up over byte rows: `d_p = sum U_pj e_j` term by term, `d` in a ring of `w` symbols.
+    fn fix_up_bytes(&mut self, holes: &[u32]) {
+        let kernel = self.kernel;
+        let sym = self.layout.symbol_size();
         let last = *holes.last().expect("non-empty");
         let ring_slots = (self.w as usize).next_power_of_two();
         let mask = ring_slots as u32 - 1;
         let mut ring = vec![0u8; ring_slots * sym];
         // live[i]: ring slot i holds a non-zero d (for a column below `last`).
         let mut live = vec![false; ring_slots];
-        self.note_memory(ring.capacity() + combos.bytes());
+        self.note_memory(ring.capacity());
         for p in (0..last).rev() {
             if !self.pivots.get(p) {
                 continue;

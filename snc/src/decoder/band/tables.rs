@@ -7,7 +7,6 @@
 //! instead of ~32, for ~2.75 table XORs per column. Only the groups a row can still reach are
 //! kept (a ring of [`RING`] groups, ~240 KB for 1280-byte symbols, L2-resident).
 
-use super::slots::Others;
 use crate::field::Kernel;
 
 /// Groups kept: a row spans at most 64 columns, i.e. 16 whole groups plus a partial one.
@@ -48,14 +47,21 @@ impl GroupTables {
         self.data.capacity()
     }
 
-    /// Tabulates group `a` from the finished symbols `v` (columns `4a..min(4a + 4, n)`).
-    pub(crate) fn build(&mut self, kernel: Kernel, a: u32, n: u32, v: &Others<'_>) {
+    /// Tabulates group `a` over its members in `members` (bit `i` = column `4a + i`; the
+    /// others count as zero and their subsets are not built), reading member `c` from
+    /// `get(c)`. Look-ups must mask their subset with the same `members`.
+    pub(crate) fn build_with<'s>(
+        &mut self,
+        kernel: Kernel,
+        a: u32,
+        members: u32,
+        get: impl Fn(u32) -> &'s [u8],
+    ) {
         let sym = self.sym;
         let base = (a % RING) as usize * ENTRIES;
-        let valid = (n - 4 * a).min(4);
         for m in 3u32..16 {
             let i = SLOT[m as usize];
-            if i == usize::MAX || m >> valid != 0 {
+            if i == usize::MAX || m & !members != 0 {
                 continue;
             }
             let rest = m & (m - 1);
@@ -63,11 +69,11 @@ impl GroupTables {
             let (lo, hi) = self.data.split_at_mut((base + i) * sym);
             let dst = &mut hi[..sym];
             if rest.count_ones() == 1 {
-                dst.copy_from_slice(v.get(4 * a + rest.trailing_zeros()));
+                dst.copy_from_slice(get(4 * a + rest.trailing_zeros()));
             } else {
                 dst.copy_from_slice(&lo[(base + SLOT[rest as usize]) * sym..][..sym]);
             }
-            kernel.xor(dst, v.get(low));
+            kernel.xor(dst, get(low));
         }
     }
 

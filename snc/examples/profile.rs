@@ -1,0 +1,114 @@
+//! Profiling harness (not a benchmark): `cargo run --release -p snc --example profile --
+//! <what> [MiB] [field] [reps] [checks]` with `what` = decode | encode | recode. Runs one configuration
+//! (band code, 1280-byte symbols, non-systematic, 10 % loss) `reps` times and prints the
+//! thread-CPU MB/s of each run, so `valgrind --tool=callgrind` or `perf` can look inside.
+
+#![allow(missing_docs)]
+
+use snc::decoder::{Decoder, Progress};
+use snc::encoder::{Encoder, Stream};
+use snc::packet;
+use snc::prng::Prng;
+use snc::recoder::Recoder;
+use snc::{CodeParams, Field};
+use std::time::Duration;
+
+/// Thread CPU time: the machine is shared, wall time is meaningless under load.
+struct Instant(Duration);
+
+impl Instant {
+    fn now() -> Instant {
+        // rustix's vDSO lookup crashes under valgrind: `SNC_PROFILE_NO_CLOCK=1` skips it.
+        if std::env::var_os("SNC_PROFILE_NO_CLOCK").is_some() {
+            return Instant(Duration::from_secs(1));
+        }
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Instant(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    }
+
+    fn elapsed(&self) -> Duration {
+        (Instant::now().0 - self.0).max(Duration::from_nanos(1))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).map_or("decode", |s| s.as_str()).to_string();
+    let mib: usize = args.get(2).map_or(32, |s| s.parse().expect("MiB"));
+    let field = match args.get(3).map_or("gf2", |s| s.as_str()) {
+        "gf256" => Field::Gf256,
+        _ => Field::Gf2,
+    };
+    let reps: usize = args.get(4).map_or(3, |s| s.parse().expect("reps"));
+    let len = mib << 20;
+    let checks: Option<u32> = args.get(5).map(|s| s.parse().expect("checks"));
+    let layout = CodeParams::new(len as u64)
+        .field(field)
+        .checks(checks)
+        .validate()
+        .unwrap();
+    let mut data = vec![0u8; len];
+    Prng::new(7).fill_bytes(&mut data);
+    let enc = Encoder::new(&layout, &data).unwrap();
+    let slot = packet::max_len(&layout);
+    let k = layout.source_count() as usize;
+    let count = k * 120 / 100 + 64;
+    let mut all = vec![0u8; count * slot];
+    let mut lens = Vec::with_capacity(count);
+    for r in 0..reps {
+        let mut s = Stream::new(1 + r as u64);
+        lens.clear();
+        let t = Instant::now();
+        for chunk in all.chunks_exact_mut(slot) {
+            lens.push(enc.write_next(&mut s, chunk).unwrap());
+        }
+        let el = t.elapsed();
+        if what == "encode" {
+            println!(
+                "encode {:.0} MB/s",
+                (count * 1280) as f64 / el.as_secs_f64() / 1e6
+            );
+            continue;
+        }
+        let mut loss = Prng::new(2);
+        let kept: Vec<&[u8]> = all
+            .chunks_exact(slot)
+            .zip(&lens)
+            .filter(|_| loss.below(10) != 0)
+            .map(|(c, &n)| &c[..n])
+            .collect();
+        if what == "recode" {
+            let mut relay = Recoder::new(&layout, usize::MAX);
+            for p in &kept {
+                relay.push(&packet::parse(&layout, p).unwrap()).unwrap();
+            }
+            let mut rng = Prng::new(9);
+            let mut buf = vec![0u8; slot];
+            let t = Instant::now();
+            for _ in 0..k {
+                relay.recode(&mut rng, &mut buf);
+            }
+            let el = t.elapsed();
+            println!(
+                "recode {:.0} MB/s",
+                (k * 1280) as f64 / el.as_secs_f64() / 1e6
+            );
+            continue;
+        }
+        let mut out = vec![0xFFu8; len];
+        let t = Instant::now();
+        let mut dec = Decoder::new(&layout, &mut out).unwrap();
+        let mut done = false;
+        for p in &kept {
+            if dec.push(p).unwrap() == Progress::Complete {
+                done = true;
+                break;
+            }
+        }
+        let el = t.elapsed();
+        assert!(done);
+        drop(dec);
+        assert!(out == data);
+        println!("decode {:.0} MB/s", len as f64 / el.as_secs_f64() / 1e6);
+    }
+}
