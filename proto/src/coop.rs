@@ -12,14 +12,17 @@
 //! `max_sources` peers are connected ([`CoopAction::Connect`] / [`Coop::handle_peer_connected`]) and
 //! asked (`AskCoop`). `CoopAck` makes the peer a source; `CoopDontHave` makes us try the next
 //! candidate. Sources get a `CoopHeartbeat` with the stats the driver reports for them
-//! ([`Coop::update_source_stats`]). [`Coop::clear_want`] (segment decoded) sends `StopCoop` to them.
+//! ([`Coop::update_source_stats`]). [`Coop::segment_decoded`] (or [`Coop::clear_want`] when the
+//! segment is abandoned) sends `StopCoop` to them.
 //! [`Coop::segment_failed`] (digest mismatch) cuts every source of that segment off for it, and the
 //! next [`Coop::set_want`] of that segment should pass `server_only = true`.
 //!
 //! # Serving (we send)
 //! An `AskCoop` on an inbound link is acknowledged when we hold the segment (serve by *encoding* from
 //! our copy) or are receiving it (serve by *recoding*), within `max_serving` streams; otherwise
-//! `CoopDontHave`. [`CoopAction::StartServing`] / [`CoopAction::StopServing`] tell the driver's
+//! `CoopDontHave`. A segment decoded and waiting for its digest verdict counts as received: its
+//! streams (and new asks for it) stay, and switch to encoding when it verifies (they stop with
+//! `CoopDontHave` if it fails). [`CoopAction::StartServing`] / [`CoopAction::StopServing`] tell the driver's
 //! cooperation shard what to stream where. Asks repeated for the same session are acknowledged again
 //! without a second stream. `StopCoop` stops one stream, `ExitCoop` all of the link's streams.
 //!
@@ -208,6 +211,8 @@ pub struct Coop {
     control_addr: SocketAddr,
     name: String,
     completed: BTreeSet<u32>,
+    /// Segments decoded whose digest verdict is pending.
+    verifying: BTreeSet<u32>,
     want: Option<Want>,
     outbound: BTreeMap<NodeId, Outbound>,
     inbound: BTreeMap<LinkId, Inbound>,
@@ -232,6 +237,7 @@ impl Coop {
             control_addr,
             name: name.into(),
             completed: completed.into_iter().collect(),
+            verifying: BTreeSet::new(),
             want: None,
             outbound: BTreeMap::new(),
             inbound: BTreeMap::new(),
@@ -288,8 +294,10 @@ impl Coop {
         }
         self.clear_want(now);
         let segment = meta.segment;
-        // Streams recoding another segment lose their buffer (the driver drops it): tell them.
-        self.stop_recoding(|s| s != segment);
+        // Streams recoding another segment lose their buffer (the driver drops it): tell them. A
+        // segment waiting for its verdict keeps its streams (they encode once it verifies).
+        let verifying = self.verifying.clone();
+        self.stop_recoding(|s| s != segment && !verifying.contains(&s));
         self.want = Some(Want {
             meta,
             receive_addr,
@@ -325,8 +333,22 @@ impl Coop {
         // or fails its digest (segment_failed).
     }
 
+    /// The wanted segment `segment` decoded: `StopCoop` to its sources; it counts as received until
+    /// its digest verdict ([`Coop::segment_completed`] or [`Coop::segment_failed`]).
+    pub fn segment_decoded(&mut self, now: Instant, segment: u32) {
+        if self
+            .want
+            .as_ref()
+            .is_some_and(|w| w.meta.segment == segment)
+        {
+            self.clear_want(now);
+            self.verifying.insert(segment);
+        }
+    }
+
     /// Segment `segment` verified: we hold it; streams recoding it switch to encoding from our copy.
     pub fn segment_completed(&mut self, _now: Instant, segment: u32) {
+        self.verifying.remove(&segment);
         self.completed.insert(segment);
         for o in self.outbound.values_mut() {
             o.contributed.remove(&segment);
@@ -347,6 +369,7 @@ impl Coop {
     /// Segment `segment` failed its digest: every peer that contributed to it is cut off for it,
     /// and streams recoding it (from a polluted buffer) stop with `CoopDontHave`.
     pub fn segment_failed(&mut self, now: Instant, segment: u32) {
+        self.verifying.remove(&segment);
         if self
             .want
             .as_ref()
@@ -806,6 +829,7 @@ impl Coop {
                     .want
                     .as_ref()
                     .is_some_and(|w| w.meta.segment == segment)
+                    || self.verifying.contains(&segment)
                 {
                     Some(ServeSource::Recode)
                 } else {

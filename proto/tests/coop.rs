@@ -62,6 +62,7 @@ struct Served {
     streams: BTreeMap<(LinkId, SessionId), (u32, ServeSource, SocketAddr)>,
     started: u64,
     stats_reports: u64,
+    last_stats: Option<ReceiverStats>,
     switched: Vec<(LinkId, SessionId)>,
 }
 
@@ -227,10 +228,15 @@ impl Net {
                         "unknown stream stopped"
                     );
                 }
-                CoopAction::ServingStats { link, session, .. } => {
+                CoopAction::ServingStats {
+                    link,
+                    session,
+                    stats,
+                } => {
                     let s = &mut self.nodes[i].served;
                     assert!(s.streams.contains_key(&(link, session)));
                     s.stats_reports += 1;
+                    s.last_stats = Some(stats);
                 }
             }
         }
@@ -707,4 +713,130 @@ fn random_swarm_keeps_its_invariants() {
         assert!(node.coop.streams().is_empty());
     }
     assert!(net.links.is_empty());
+}
+
+#[test]
+fn source_stats_reach_the_serving_peer_in_heartbeats() {
+    let mut net = Net::new(2, CoopConfig::default(), &[&[0], &[]]);
+    net.nodes[1].directory = vec![peer(0, PeerHolding::Complete)];
+    net.want(1, 0, 3, false);
+    net.run(Duration::from_millis(50));
+    assert_eq!(net.nodes[1].coop.sources(), vec![node_id(0)]);
+    let stats = ReceiverStats {
+        received_packets: 120,
+        received_bytes: 120_000,
+        dropped_packets: 0,
+        receive_rate_bps: 42_000_000,
+        loss_ppm: 1500,
+        decoded_rank: 99,
+    };
+    net.nodes[1].coop.update_source_stats(node_id(0), stats);
+    // Stats for a node that is not a source are ignored.
+    net.nodes[1]
+        .coop
+        .update_source_stats(node_id(7), ReceiverStats::default());
+    net.run(CoopConfig::default().heartbeat_interval * 2);
+    assert_eq!(net.nodes[0].served.last_stats, Some(stats));
+    // After the segment decodes the stream stops and no more stats flow.
+    net.nodes[1].coop.clear_want(net.now);
+    net.drain(1);
+    net.run(Duration::from_millis(50));
+    let reports = net.nodes[0].served.stats_reports;
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].served.stats_reports, reports);
+    assert!(net.nodes[0].served.streams.is_empty());
+}
+
+#[test]
+fn digest_verdict_after_the_next_segment_started_still_cuts_contributors_off() {
+    // The driver requests the next segment as soon as one decodes; the digest verdict of the
+    // previous one arrives while the next is already asked of peers.
+    let mut net = Net::new(3, CoopConfig::default(), &[&[0, 1], &[0, 1], &[]]);
+    net.nodes[2].directory = vec![peer(0, PeerHolding::Complete)];
+    net.want(2, 0, 5, false);
+    net.run(Duration::from_millis(50));
+    assert_eq!(net.nodes[2].coop.sources(), vec![node_id(0)]);
+    net.nodes[2].coop.clear_want(net.now);
+    net.drain(2);
+    net.nodes[2].directory = vec![
+        peer(0, PeerHolding::Complete),
+        peer(1, PeerHolding::Complete),
+    ];
+    net.want(2, 1, 6, false);
+    net.run(Duration::from_millis(50));
+    assert_eq!(net.nodes[2].coop.sources(), vec![node_id(0), node_id(1)]);
+    // Segment 0 fails: node 0 (its only contributor) is cut off for 0, not for 1.
+    net.nodes[2].coop.segment_failed(net.now, 0);
+    net.drain(2);
+    net.run(Duration::from_millis(50));
+    assert!(net.nodes[2].coop.is_banned(node_id(0), 0));
+    assert!(!net.nodes[2].coop.is_banned(node_id(1), 0));
+    assert!(!net.nodes[2].coop.is_banned(node_id(0), 1));
+    assert_eq!(net.nodes[2].coop.sources(), vec![node_id(0), node_id(1)]);
+    // Segment 1 verifies; the refetch of 0 (when not server-only) skips node 0.
+    net.nodes[2].coop.segment_completed(net.now, 1);
+    net.nodes[2].coop.clear_want(net.now);
+    net.drain(2);
+    net.want(2, 0, 7, false);
+    net.run(Duration::from_millis(100));
+    assert_eq!(net.nodes[2].coop.sources(), vec![node_id(1)]);
+}
+
+#[test]
+fn recoding_streams_survive_the_next_want_while_the_segment_is_verified() {
+    // 1 receives segment 0 and recodes it for 2 and 3; 1 decodes it and moves on to segment 1
+    // before its digest verdict: the streams stay, switch to encoding when 0 verifies (at 2),
+    // and stop with CoopDontHave when it fails (second round, at 3).
+    let mut net = Net::new(4, CoopConfig::default(), &[&[], &[], &[], &[]]);
+    net.want(1, 0, 4, false);
+    net.nodes[2].directory = vec![peer(1, PeerHolding::Receiving)];
+    net.want(2, 0, 5, false);
+    net.run(Duration::from_millis(50));
+    assert_eq!(
+        net.streams_to(1),
+        BTreeSet::from([(0, ServeSource::Recode, ip(2))])
+    );
+    net.nodes[1].coop.segment_decoded(net.now, 0);
+    net.drain(1);
+    net.want(1, 1, 6, false);
+    net.run(Duration::from_millis(50));
+    // A new ask for the segment being verified is accepted too.
+    net.nodes[3].directory = vec![peer(1, PeerHolding::Receiving)];
+    net.want(3, 0, 7, false);
+    net.run(Duration::from_millis(50));
+    assert_eq!(
+        net.streams_to(1),
+        BTreeSet::from([
+            (0, ServeSource::Recode, ip(2)),
+            (0, ServeSource::Recode, ip(3))
+        ])
+    );
+    net.nodes[1].coop.segment_completed(net.now, 0);
+    net.drain(1);
+    assert_eq!(net.nodes[1].served.switched.len(), 2);
+    assert_eq!(
+        net.streams_to(1),
+        BTreeSet::from([
+            (0, ServeSource::Encode, ip(2)),
+            (0, ServeSource::Encode, ip(3))
+        ])
+    );
+
+    // Segment 1 decodes, 2 asks for it, 1 moves on to 2; segment 1 then fails its digest.
+    net.nodes[1].coop.segment_decoded(net.now, 1);
+    net.drain(1);
+    net.want(1, 2, 8, false);
+    net.nodes[2].coop.segment_completed(net.now, 0);
+    net.nodes[2].coop.clear_want(net.now);
+    net.drain(2);
+    net.nodes[2].directory = vec![peer(1, PeerHolding::Receiving)];
+    net.want(2, 1, 9, false);
+    net.run(Duration::from_millis(50));
+    assert!(net.streams_to(1).contains(&(1, ServeSource::Recode, ip(2))));
+    assert_eq!(net.nodes[2].coop.sources(), vec![node_id(1)]);
+    net.nodes[1].coop.segment_failed(net.now, 1);
+    net.drain(1);
+    net.run(Duration::from_millis(50));
+    assert!(!net.streams_to(1).contains(&(1, ServeSource::Recode, ip(2))));
+    assert!(net.nodes[2].coop.sources().is_empty());
 }
