@@ -28,33 +28,52 @@ use crate::prng::{derive, Prng};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Fraction of `K` in the default check count (before the square-root term).
+/// Fraction of `K` in the default check count.
 pub const DEFAULT_CHECK_RATE: f64 = 0.01;
 
-/// Default precode check count for `k` source symbols.
-///
-/// The Raptor RFC 5053 LDPC rule the reference used: with `X` the smallest integer such that
-/// `X (X - 1) >= 2k`, `C` is the smallest prime `>= ceil(0.01 k) + X` (409 for k = 20480, 127
-/// for k = 3277). `k = 0` gives 0. Tuned by the decoder's overhead measurements.
-// BANDDEC: measured with `ccfd-perf codec --checks C --seeds 100` (GF(2), 10 % loss, band
-// 64/16, non-systematic): 32 MiB (K = 26215) C = 499 (this rule) -> overhead mean 1.00005 /
-// p99 1.00023; C = 263 (1 %) -> 1.00006 / 1.00027; C = 131 -> 1.00015 / 1.00099; C = 64 ->
-// 1.00056 / 1.00343. 4 MiB (K = 3277): C = 127 -> 1.00057 / 1.00214; C = 33 -> 1.00052 /
-// 1.00183. The hole solve costs ~C^2 bit ops plus ~h*C/2 symbol XORs, so ~1 % of K (no `+ X`
-// term, e.g. `max(ceil(0.01 k), 16)`) keeps overhead far below 1.005 and decodes faster.
-pub fn default_checks(k: u64) -> u32 {
-    if k == 0 {
-        return 0;
-    }
+/// Smallest `X` with `X (X - 1) >= 2k` (the square-root term of the Raptor rule).
+fn raptor_x(k: u64) -> u64 {
     let mut x: u64 = 1;
     while x * (x - 1) < 2 * k {
         x += 1;
     }
-    let mut c = (DEFAULT_CHECK_RATE * k as f64).ceil() as u64 + x;
+    x
+}
+
+fn next_prime(mut c: u64) -> u32 {
     while !is_prime(c) {
         c += 1;
     }
     c as u32
+}
+
+/// Default precode check count for `k` source symbols: the smallest prime
+/// `>= max(ceil(0.01 k), min(X, 32))`, `X` the smallest integer with `X (X - 1) >= 2k`
+/// (263 for k = 26215, 37 for k = 3277; small segments keep the Raptor rule's `~sqrt(2k)`).
+/// `k = 0` gives 0.
+// BANDDEC: measured with `ccfd-perf codec --checks C --seeds 100` (GF(2), 10 % loss, band
+// 64/16, non-systematic): 32 MiB (K = 26215) C = 499 (the Raptor rule) -> overhead mean
+// 1.00005 / p99 1.00023; C = 263 (1 %) -> 1.00006 / 1.00027 (again 1.00006 / 1.00027, max
+// 1.00042, in CODEC's run); C = 131 -> 1.00015 / 1.00099; C = 64 -> 1.00056 / 1.00343.
+// 4 MiB (K = 3277): C = 127 -> 1.00057 / 1.00214; C = 33 -> 1.00052 / 1.00183; C = 17 ->
+// 1.00053 / 1.00275. The decoder's hole solve costs ~C^2 bit ops plus ~h*C/2 symbol XORs and
+// its check sums (C symbols) should stay in L2, so ~1 % of K decodes faster at the same
+// overhead.
+pub fn default_checks(k: u64) -> u32 {
+    if k == 0 {
+        return 0;
+    }
+    let rate = (DEFAULT_CHECK_RATE * k as f64).ceil() as u64;
+    next_prime(rate.max(raptor_x(k).min(32)))
+}
+
+/// The reference's check count (Raptor RFC 5053 LDPC rule): the smallest prime
+/// `>= ceil(0.01 k) + X` (409 for k = 20480, 127 for k = 3277); `k = 0` gives 0.
+pub fn raptor_checks(k: u64) -> u32 {
+    if k == 0 {
+        return 0;
+    }
+    next_prime((DEFAULT_CHECK_RATE * k as f64).ceil() as u64 + raptor_x(k))
 }
 
 fn is_prime(n: u64) -> bool {
@@ -425,14 +444,26 @@ mod tests {
 
     #[test]
     fn reference_check_counts() {
-        assert_eq!(default_checks(20480), 409);
-        assert_eq!(default_checks(3277), 127);
+        assert_eq!(raptor_checks(20480), 409);
+        assert_eq!(raptor_checks(3277), 127);
+        assert_eq!(raptor_checks(0), 0);
+    }
+
+    #[test]
+    fn default_check_counts() {
+        assert_eq!(default_checks(26215), 263);
+        assert_eq!(default_checks(3277), 37);
+        assert_eq!(default_checks(100), raptor_checks(100));
+        assert_eq!(default_checks(1), 2);
         assert_eq!(default_checks(0), 0);
     }
 
     #[test]
     fn band_geometry_matches_reference() {
-        let l = CodeParams::new(26214400).validate().unwrap();
+        let l = CodeParams::new(26214400)
+            .checks(Some(raptor_checks(20480)))
+            .validate()
+            .unwrap();
         assert_eq!((l.source_count(), l.check_count()), (20480, 409));
         assert_eq!(l.column_count(), 20889);
         assert_eq!(l.subgen_count(), 1303);
