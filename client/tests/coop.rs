@@ -6,7 +6,8 @@
 //! * a client SIGKILLed mid-transfer does not stall the others;
 //! * a client that joins late is served by peers too;
 //! * a hostile peer ([`common::hostile`]) that acknowledges every ask and streams garbage under a
-//!   valid MAC is caught by the segment digests, and every honest client still ends correct.
+//!   valid MAC (and keeps streaming for 2 s after `StopCoop`, into the server-only refetch) is
+//!   caught by the segment digests, and every honest client still ends correct.
 //!
 //! The server is rate-capped (`--max-rate`) so that it, not the loopback, is the bottleneck: peers
 //! must fill the rest, which is what these tests are about. The tests take turns ([`TURN`]): each
@@ -234,6 +235,7 @@ fn a_hostile_peer_with_valid_macs_is_caught_by_the_digest_and_cut_off() {
         "hostile.bin",
         HostileConfig {
             lifetime: Duration::from_secs(150),
+            ignore_stop_for: Duration::from_secs(2),
             ..HostileConfig::default()
         },
     );
