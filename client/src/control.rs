@@ -41,8 +41,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause of the control loop (progress refresh, statistics sampling).
 const TICK: Duration = Duration::from_millis(100);
+/// Keep-alive period of a lingering cooperating client's server connection.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Smallest interval over which receive rate and loss are computed.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+/// Heartbeat period while a segment is received: the server's shard caps the packets in flight by
+/// the progress (packets received, rank) each heartbeat reports, so they go out often.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
 
 /// What the control thread needs to start.
 #[derive(Debug, Clone)]
@@ -159,7 +164,46 @@ async fn control_main(
         DecoderCommand::Abort
     });
     waker.wake();
-    result
+    match result {
+        Ok(Some((conn, hooks))) => {
+            linger(conn, hooks).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// A cooperating client that is done keeps its server connection (keep-alive heartbeats) until
+/// `get` says the linger is over, so the server keeps listing it as a holder of every segment; then
+/// it sends `Exit`.
+async fn linger(mut conn: ControlConn, mut hooks: CoopHooks) {
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut hooks.linger_until => break,
+            frame = conn.recv() => match frame {
+                Ok(Frame::PeerList { name, segment, peers }) => {
+                    let _ = hooks.events.send(CoopEvent::PeerList { name, segment, peers });
+                }
+                Ok(_) => {}
+                // The server went away: nothing to keep.
+                Err(_) => return,
+            },
+            _ = keepalive.tick() => {
+                let heartbeat = Frame::Heartbeat {
+                    session: ccfd_proto::SessionId::NONE,
+                    stats: ReceiverStats::default(),
+                };
+                if conn.send(&heartbeat).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = conn.send(&Frame::Exit).await;
+    conn.close().await;
 }
 
 /// Connects and fetches the file meta, retrying transient failures for up to `retry_for`.
@@ -369,11 +413,15 @@ async fn drive(
     meta: FileMeta,
     plan: Plan,
     mut events: UnboundedReceiver<DecoderEvent>,
-) -> Result<(), ClientError> {
+) -> Result<Option<(ControlConn, CoopHooks)>, ClientError> {
     let mut config = DownloadConfig::new(setup.node_id, plan.receive_addr);
     config.backoff_max = Duration::from_secs(5);
+    config.heartbeat_interval = HEARTBEAT_INTERVAL;
     config.control_addr = setup.control_addr;
     config.announce_have = setup.control_addr.is_some();
+    // A cooperating client lingers connected (see `linger`) and sends Exit afterwards.
+    let cooperating = plan.coop.is_some();
+    config.exit_when_done = !cooperating;
     let mut coop = plan.coop;
     let mut server_rate = 0;
     let mut download = Download::new(config, meta, plan.completed.iter().copied());
@@ -463,11 +511,19 @@ async fn drive(
                     plan.waker.wake();
                 }
                 DownloadAction::Done => {
-                    if let Some(c) = conn.take() {
-                        c.close().await;
-                    }
                     plan.progress.update(counters, 0);
-                    return Ok(());
+                    match (conn.take(), coop.take()) {
+                        (Some(c), Some(hooks)) => return Ok(Some((c, hooks))),
+                        (Some(mut c), None) => {
+                            if cooperating {
+                                // Exit was left to the linger, which is not coming.
+                                let _ = c.send(&Frame::Exit).await;
+                            }
+                            c.close().await;
+                        }
+                        (None, _) => {}
+                    }
+                    return Ok(None);
                 }
                 DownloadAction::Failed(err) => {
                     if let Some(mut c) = conn.take() {

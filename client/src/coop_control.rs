@@ -98,6 +98,9 @@ pub struct CoopHooks {
     pub events: UnboundedSender<CoopEvent>,
     /// `Peers` queries to send to the server.
     pub peer_requests: UnboundedReceiver<PeersRequest>,
+    /// When the download is done the control thread keeps the server connection (so the server
+    /// keeps listing us as a holder) until this fires or its sender is dropped, then sends `Exit`.
+    pub linger_until: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// The cooperation shard's command end.

@@ -214,11 +214,10 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         coop: hooks,
     };
     if handle.plan.send(plan).is_err() {
-        let err = join_control(handle.thread)
-            .err()
-            .unwrap_or_else(control_vanished);
         leave(cooperation, Duration::ZERO);
-        return Err(err);
+        return Err(join_control(handle.thread)
+            .err()
+            .unwrap_or_else(control_vanished));
     }
     let mut context = DecoderContext {
         meta: meta.clone(),
@@ -233,27 +232,36 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     let decoded = receiver::run(&mut ring, socket, &mut part, &mut context);
     drop(context.events);
     drop(ring);
-    let control_result = join_control(handle.thread);
     progress.finish();
-    let outcome = match (decoded, control_result) {
-        (Err(err), _) => Err(err),
-        (Ok(_), Err(err)) => Err(err),
-        (Ok(false), Ok(())) => Err(ClientError::Internal("download aborted".into())),
-        (Ok(true), Ok(())) => finish_output(options, part, &context.record),
+    // The decoder finishes only when the control thread says the download is done (a cooperating
+    // control thread then lingers connected until `leave`).
+    let finished = match decoded {
+        Ok(true) => finish_output(options, part, &context.record).map(|()| started.elapsed()),
+        Ok(false) => Err(ClientError::Internal("download aborted".into())),
+        Err(err) => Err(err),
     };
-    let elapsed = started.elapsed();
-    if let Err(err) = outcome {
-        leave(cooperation, Duration::ZERO);
-        return Err(err);
-    }
+    let linger = if finished.is_ok() {
+        options.linger
+    } else {
+        Duration::ZERO
+    };
     // The file is complete and renamed: serve peers for the linger, then leave.
-    leave(cooperation, options.linger);
+    leave(cooperation, linger);
+    let control_result = join_control(handle.thread);
+    let elapsed = match (finished, control_result) {
+        (Ok(elapsed), Ok(())) => elapsed,
+        // The control thread's error says why the decoder was told to abort.
+        (Err(_), Err(err)) | (Ok(_), Err(err)) => return Err(err),
+        (Err(err), Ok(())) => return Err(err),
+    };
     Ok(counters.summary(&meta.name, meta.size, meta.segment_count, elapsed))
 }
 
 /// The running cooperation: the control thread ("ccfd-coop") and the shard.
 struct Cooperation {
     events: UnboundedSender<CoopEvent>,
+    /// Ends the control thread's linger (fired after ours).
+    control_linger: tokio::sync::oneshot::Sender<()>,
     control: JoinHandle<Result<(), ClientError>>,
     shard: JoinHandle<Result<(), ClientError>>,
     shard_link: ShardLink,
@@ -320,13 +328,16 @@ impl Cooperation {
             }
         };
         tracing::info!(shard = %shard.local_addr, "cooperation shard ready");
+        let (linger_tx, linger_rx) = tokio::sync::oneshot::channel();
         let hooks = CoopHooks {
             events: events_tx.clone(),
             peer_requests: requests_rx,
+            linger_until: linger_rx,
         };
         Ok((
             Cooperation {
                 events: events_tx,
+                control_linger: linger_tx,
                 control,
                 shard: shard.thread,
                 shard_link,
@@ -336,7 +347,8 @@ impl Cooperation {
     }
 }
 
-/// Keeps serving for `linger`, then `ExitCoop` to every peer, the shard stopped, both threads joined.
+/// Keeps serving for `linger` (the control thread keeps us listed at the server meanwhile), then
+/// `ExitCoop` to every peer, the shard stopped, both threads joined, the control thread released.
 /// Cooperation errors after the download are logged, not returned (the file is complete).
 fn leave(cooperation: Option<Cooperation>, linger: Duration) {
     let Some(c) = cooperation else { return };
@@ -358,6 +370,8 @@ fn leave(cooperation: Option<Cooperation>, linger: Duration) {
             tracing::warn!(what, %err, "cooperation ended with an error");
         }
     }
+    // Now the server may forget us (the control thread sends Exit).
+    let _ = c.control_linger.send(());
 }
 
 /// Binds the cooperation listener: `--coop-listen`, else the `--bind` IP, else the local IP that

@@ -223,9 +223,9 @@ impl Driver {
                 });
                 self.coop.set_want(now, meta, self.data_addr, server_only);
             }
-            CoopEvent::Decoded { .. } => {
+            CoopEvent::Decoded { segment } => {
                 self.receiving = None;
-                self.coop.clear_want(now);
+                self.coop.segment_decoded(now, segment);
             }
             CoopEvent::Verified { segment, ok: true } => {
                 self.coop.segment_completed(now, segment);
