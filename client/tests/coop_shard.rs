@@ -507,3 +507,236 @@ fn receiver_reports_of_loss_slow_the_stream_down() {
     assert!(bps > 3e6, "only {bps} bit/s after the cut to 7 Mbit/s");
     exit(shard);
 }
+
+/// CPU time (user + system) of this process's thread named `name`, from /proc (10 ms ticks).
+fn thread_cpu(name: &str) -> Option<Duration> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        return Some(Duration::from_millis(ticks * 10));
+    }
+    None
+}
+
+/// A bare send loop like the server shard's (encode or recode into a GSO buffer, seal in place,
+/// queue, submit) for `window`, to a socket nobody reads; returns packets per second and CPU
+/// nanoseconds per packet.
+fn bare_loop(
+    layout: &snc::Layout,
+    data: &[u8],
+    recode: Option<&mut snc::recoder::Recoder>,
+    window: Duration,
+) -> (f64, f64) {
+    use ccfd_proto::{DataHeader, DATA_HEADER_LEN};
+    use ccfd_ring::{Ring, RingConfig, SocketConfig};
+    let mut ring = Ring::new(&RingConfig::default().send_buffers(128)).unwrap();
+    let socket = ring
+        .bind(&SocketConfig::new("127.78.9.1:0".parse().unwrap()).receive(false))
+        .unwrap();
+    let sink = UdpSocket::bind("127.78.9.2:0").unwrap();
+    let to = sink.local_addr().unwrap();
+    let encoder = Encoder::new(layout, data).unwrap();
+    let mut code = Stream::new(99);
+    let mut prng = snc::prng::Prng::new(5);
+    let mut recoder = recode;
+    let kind = if recoder.is_some() {
+        snc::PacketKind::Recoded
+    } else {
+        snc::PacketKind::Coded
+    };
+    let payload_len = packet::len(layout, kind);
+    let dgram = DataPacket::sealed_len(payload_len);
+    let mut fresh = Stream::new(98);
+    let mut scratch = vec![0u8; packet::max_len(layout)];
+    let stored: Vec<Vec<u8>> = (0..4 * layout.column_count())
+        .map(|_| {
+            let n = encoder.write_next(&mut fresh, &mut scratch).unwrap();
+            scratch[..n].to_vec()
+        })
+        .collect();
+    let started = Instant::now();
+    let cpu_started = ccfd_ring::thread_cpu_time();
+    let mut packets = 0u64;
+    let mut seq = 0u32;
+    while started.elapsed() < window {
+        if let Ok(mut out) = ring.send_buffer(socket, to, dgram) {
+            while !out.is_full() {
+                let header = DataHeader {
+                    origin: Origin::Peer,
+                    session: SessionId(1),
+                    segment: 0,
+                    seq,
+                };
+                let written = out.push_with(|buf| {
+                    let body = &mut buf[DATA_HEADER_LEN..];
+                    let len = match recoder.as_deref_mut() {
+                        Some(r) => {
+                            // One stored packet per recoded one, as the shard's budget allows.
+                            let view = packet::parse(layout, &stored[seq as usize % stored.len()]);
+                            r.push(&view.unwrap()).unwrap();
+                            r.recode(&mut prng, body).unwrap_or(0)
+                        }
+                        None => {
+                            let plan = encoder.next_plan(&mut code).unwrap();
+                            encoder.write(&plan, body).unwrap()
+                        }
+                    };
+                    DataPacket::seal_in_place(&KEY, &header, buf, len).unwrap()
+                });
+                assert_eq!(written.unwrap(), dgram);
+                seq += 1;
+                packets += 1;
+            }
+            out.queue();
+        }
+        ring.wait(Some(Duration::ZERO)).unwrap();
+        ring.process(64, |_| {}).unwrap();
+    }
+    let cpu = ccfd_ring::thread_cpu_time() - cpu_started;
+    (
+        packets as f64 / started.elapsed().as_secs_f64(),
+        cpu.as_nanos() as f64 / packets.max(1) as f64,
+    )
+}
+
+/// Verified packets per second fed to a recoding shard in `send_rates`.
+const FEED_PPS: f64 = 40_000.0;
+
+/// Send rate of the shard against the bare loop, same run, same machine state. Not a pass/fail
+/// test (timing is for benchmarks): run with
+/// `cargo test --release -p ccfd-client --test coop_shard -- --ignored --nocapture send_rates`.
+#[test]
+#[ignore]
+fn send_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let size = 4 * SEGMENT * 10; // ~3.75 MiB in 40 segments of 96 KiB
+    let data = content(size, "rates");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(size, false, FieldKind::Gf2);
+    let layout = segment_layout(&m, 0).unwrap();
+    let window = Duration::from_millis(1500);
+    let mut rows = Vec::new();
+    for source in [ServeSource::Encode, ServeSource::Recode] {
+        // Baseline.
+        let mut recoder = snc::recoder::Recoder::new(&layout, 64 << 20);
+        recoder.set_forward_systematic(false);
+        {
+            let encoder = Encoder::new(&layout, &data[..SEGMENT]).unwrap();
+            let mut code = Stream::new(3);
+            let mut buf = vec![0u8; packet::max_len(&layout)];
+            for _ in 0..2 * layout.column_count() {
+                let n = encoder.write_next(&mut code, &mut buf).unwrap();
+                recoder
+                    .push(&packet::parse(&layout, &buf[..n]).unwrap())
+                    .unwrap();
+            }
+        }
+        let (bare, bare_cpu) = bare_loop(
+            &layout,
+            &data[..SEGMENT],
+            (source == ServeSource::Recode).then_some(&mut recoder),
+            window,
+        );
+        // The shard, its rate grown by clean reports until the CPU limits it.
+        let shard = start_shard("127.78.9.3", m.clone(), &output, None);
+        let sink = UdpSocket::bind("127.78.9.4:0").unwrap();
+        let id = stream(1, 1);
+        match source {
+            ServeSource::Encode => {
+                shard.handle.send(ServeCommand::Completed { segment: 0 });
+            }
+            ServeSource::Recode => {
+                shard.handle.send(ServeCommand::Receiving { segment: 0 });
+            }
+        }
+        shard.handle.send(ServeCommand::Start {
+            stream: id,
+            segment: 0,
+            key: KEY,
+            to: sink.local_addr().unwrap(),
+            source,
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let feeder = (source == ServeSource::Recode).then(|| {
+            // Keeps the recoding budget ahead of the shard (the decoder thread's role).
+            let queue = shard.queue.clone();
+            let stop = Arc::clone(&stop);
+            let m = m.clone();
+            let segment = data[..SEGMENT].to_vec();
+            std::thread::spawn(move || {
+                let layout = segment_layout(&m, 0).unwrap();
+                let encoder = Encoder::new(&layout, &segment).unwrap();
+                let mut code = Stream::new(4);
+                let mut buf = vec![0u8; packet::max_len(&layout)];
+                let made: Vec<Vec<u8>> = (0..8 * layout.column_count())
+                    .map(|_| {
+                        let n = encoder.write_next(&mut code, &mut buf).unwrap();
+                        buf[..n].to_vec()
+                    })
+                    .collect();
+                let counters = Counters::default();
+                let started = Instant::now();
+                let mut next = made.iter().cycle();
+                let mut fed = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && started.elapsed() < Duration::from_secs(30)
+                {
+                    // FEED_PPS, as a decoder thread receiving that fast would.
+                    let due = (started.elapsed().as_secs_f64() * FEED_PPS) as u64;
+                    if fed >= due || queue.len() > 3000 {
+                        std::thread::sleep(Duration::from_micros(500));
+                        continue;
+                    }
+                    fed += 1;
+                    let payload = next.next().unwrap().clone();
+                    queue.offer(
+                        VerifiedPacket {
+                            segment: 0,
+                            session: 1,
+                            payload,
+                        },
+                        &counters,
+                    );
+                }
+            })
+        });
+        for _ in 0..25 {
+            std::thread::sleep(Duration::from_millis(40));
+            shard.handle.send(ServeCommand::Report {
+                stream: id,
+                stats: ccfd_proto::ReceiverStats {
+                    receive_rate_bps: 40_000_000_000,
+                    ..Default::default()
+                },
+            });
+        }
+        let before = Counters::get(&shard.counters.packets_to_peers);
+        let cpu_before = thread_cpu("ccfd-coop-shard").unwrap_or_default();
+        let started = Instant::now();
+        std::thread::sleep(window);
+        let sent = Counters::get(&shard.counters.packets_to_peers) - before;
+        let cpu = thread_cpu("ccfd-coop-shard").unwrap_or_default() - cpu_before;
+        let pps = sent as f64 / started.elapsed().as_secs_f64();
+        let cpu_per_packet = cpu.as_nanos() as f64 / sent.max(1) as f64;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(feeder) = feeder {
+            feeder.join().unwrap();
+        }
+        exit(shard);
+        rows.push(format!(
+            "{{\"source\":\"{source:?}\",\"bare_pps\":{bare:.0},\"shard_pps\":{pps:.0},\"pps_ratio\":{:.3},\"bare_cpu_ns_per_packet\":{bare_cpu:.0},\"shard_cpu_ns_per_packet\":{cpu_per_packet:.0},\"cpu_ratio\":{:.3}}}",
+            pps / bare,
+            cpu_per_packet / bare_cpu
+        ));
+    }
+    for row in rows {
+        eprintln!("{row}");
+    }
+}

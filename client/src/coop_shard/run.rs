@@ -53,6 +53,8 @@ struct ServeStream {
     /// Recoded packets sent from buffer `generation` (bounded by what it stored).
     recoded: u64,
     generation: u64,
+    /// Recoding budget seen when the stream last waited for a fuller batch.
+    waited_budget: u64,
     pacer: Pacer,
     control: RateController,
     packets: u64,
@@ -320,6 +322,7 @@ impl Shard {
             seq: 0,
             recoded: 0,
             generation: 0,
+            waited_budget: 0,
             pacer: Pacer::new(initial, min_burst, now),
             control: RateController::new(initial, now),
             packets: 0,
@@ -580,12 +583,21 @@ impl Shard {
             tracing::warn!(dgram, "peer stream: packets too large for a datagram");
             return Ok(Batch::Starved);
         }
+        // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
+        let full = max.min((stream.pacer.burst_bytes() / dgram).max(1));
         let mut limit = max;
         if let Some(b) = &buffer {
-            limit = limit.min((b.stored - stream.recoded).min(max as u64) as usize);
+            let budget = b.stored - stream.recoded;
+            if budget < full as u64 && budget != stream.waited_budget {
+                // The buffer is still filling: let a full batch's worth arrive (a budget that
+                // stopped growing over one poll is sent as it is).
+                stream.waited_budget = budget;
+                return Ok(Batch::Starved);
+            }
+            stream.waited_budget = 0;
+            limit = limit.min(budget.min(max as u64) as usize);
         }
-        // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
-        let target = limit.min((stream.pacer.burst_bytes() / dgram).max(1));
+        let target = limit.min(full);
         let mut n = (stream.pacer.available(now) / dgram).min(limit);
         if n < target {
             return Ok(Batch::Wait(
