@@ -4,9 +4,10 @@
 //!
 //! It is driven by [`DecoderCommand`]s from the control thread (sent on a channel, then the ring's
 //! [`Waker`](ccfd_ring::Waker) fired) and reports [`DecoderEvent`]s back:
-//! `Start(session)` → receive and decode → `Decoded` → verify → `Verified { ok }`. A `Stop` for the
-//! session being received abandons its partial decode (a later `Start` for the same segment starts
-//! afresh). `Finish`/`Abort` end the loop.
+//! `Start(session)` → receive and decode → `Decoded` (sent at full rank, before the decoder's symbol
+//! passes, so the session stops and the next one is requested meanwhile) → finish → verify →
+//! `Verified { ok }`. A `Stop` for the session being received abandons its partial decode (a later
+//! `Start` for the same segment starts afresh). `Finish`/`Abort` end the loop.
 //! `StartServerOnly` is the refetch of a segment that failed its digest: only packets from the
 //! server's data address with `Origin::Server` are accepted (others counted in
 //! [`SourceBoard::dropped_not_server`]). Peers' packets are tallied per source IP for the cooperation
@@ -191,9 +192,7 @@ fn run_inner(
         ctx.live.active.store(false, Ordering::Relaxed);
         match outcome {
             Outcome::Decoded => {
-                let _ = ctx.events.send(DecoderEvent::Decoded {
-                    segment: session.segment,
-                });
+                // `receive` already sent `Decoded`.
                 let ok = verify(part, ctx, session.segment)?;
                 let _ = ctx.events.send(DecoderEvent::Verified {
                     segment: session.segment,
@@ -277,6 +276,8 @@ fn receive(
             server: String::new(),
             detail: format!("decoder setup: {e}"),
         })?;
+    // The rank-completing push returns before the symbol passes (`finish` below runs them).
+    decoder.set_deferred_finish(true);
     let counters = &ctx.counters;
     let coop = &ctx.coop;
     let key = session.key;
@@ -284,7 +285,7 @@ fn receive(
     let mut seq_max: u32 = 0;
     let mut tally = SourceTally::new(session.session.0);
     let mut dropped_here: u64 = 0;
-    let mut complete = decoder.is_complete();
+    let mut complete = decoder.is_solved();
     let started = Instant::now();
     let mut last_push = Duration::ZERO;
     while !complete {
@@ -416,6 +417,16 @@ fn receive(
         live.dropped.store(dropped_here, Ordering::Relaxed);
         live.sources.publish(&mut tally);
     }
+    // Full rank: the control thread sends StopSegment and requests the next segment while the symbol
+    // passes run.
+    let _ = ctx.events.send(DecoderEvent::Decoded {
+        segment: session.segment,
+    });
+    let finish_started = Instant::now();
+    decoder
+        .finish()
+        .map_err(|e| ClientError::Internal(format!("decoder finish: {e}")))?;
+    let finish_ms = finish_started.elapsed().as_millis() as u64;
     Counters::add(
         &counters.source_packets_decoded,
         u64::from(layout.source_count()),
@@ -427,6 +438,7 @@ fn receive(
         packets = decoder.received(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         final_push_ms = last_push.as_millis() as u64,
+        finish_ms,
         "segment decoded"
     );
     live.rank.store(decoder.rank(), Ordering::Relaxed);

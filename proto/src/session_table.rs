@@ -16,7 +16,11 @@
 //! smallest free one (data port `udp_base + id`); an id is reused only after its session ended and a
 //! quarantine passed. A session without receivers expires after `session_idle_timeout`. A client silent
 //! for `client_timeout` is dropped from every session and cooperation list. Each receiver's rate
-//! follows the loss and receive rate of its heartbeats; the sum stays under `max_rate_bps`.
+//! follows the loss and receive rate of its heartbeats (adapted at most once per `adapt_interval`,
+//! however often the receiver heartbeats); the sum stays under `max_rate_bps`. Every heartbeat of a
+//! receiver the shard streams to is also passed on as [`ShardCommand::Progress`] (packets received,
+//! rank): the shard caps the packets in flight by it, so receivers heartbeat often (tens of ms) while
+//! they receive.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,6 +68,9 @@ pub struct TableConfig {
     pub max_receiver_rate_bps: u64,
     /// Loss (ppm) above which a receiver's rate is cut.
     pub loss_high_ppm: u32,
+    /// Shortest interval between two rate adaptations of one receiver (its heartbeats may be more
+    /// frequent: they also carry progress for the shard's send window).
+    pub adapt_interval: Duration,
     /// Loss (ppm) below which a receiver's rate grows.
     pub loss_low_ppm: u32,
     /// Most peers returned in a `PeerList`.
@@ -90,6 +97,7 @@ impl Default for TableConfig {
             max_receiver_rate_bps: 40_000_000_000,
             loss_high_ppm: 20_000,
             loss_low_ppm: 5_000,
+            adapt_interval: Duration::from_millis(200),
             max_peers: 32,
             key_secret: SessionKey([0; 32]),
         }
@@ -143,6 +151,19 @@ pub enum ShardCommand {
         addr: SocketAddr,
         /// Pacing rate, bits per second.
         rate_bps: u64,
+    },
+    /// A receiver's progress, from its heartbeat (for the shard's cap on packets in flight).
+    Progress {
+        /// Session id.
+        session: SessionId,
+        /// The receiving client.
+        client: ClientId,
+        /// Packets of the session's stream it received so far.
+        received_packets: u64,
+        /// Its decoder rank.
+        rank: u32,
+        /// Loss over its last interval, ppm.
+        loss_ppm: u32,
     },
     /// Change a receiver's pacing rate.
     SetRate {
@@ -228,6 +249,8 @@ struct Receiver {
     /// Rate last sent to the shard.
     rate_bps: u64,
     last_heartbeat: Instant,
+    /// When the rate was last adapted to a heartbeat.
+    last_adapt: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -614,6 +637,7 @@ impl SessionTable {
                         demand_bps: initial,
                         rate_bps: 0,
                         last_heartbeat: now,
+                        last_adapt: None,
                     },
                 );
                 changed_addr = true;
@@ -723,12 +747,28 @@ impl SessionTable {
         };
         r.last_heartbeat = now;
         r.stats = stats;
-        r.demand_bps = adapt(cfg, r.demand_bps, r.rate_bps, &stats);
-        let demand = r.demand_bps;
-        let (name, segment) = (s.name.clone(), s.segment);
-        if let Some(c) = self.clients.get_mut(&client) {
-            c.demand_hint_bps = Some(demand);
+        if r.rate_bps != 0 {
+            self.out
+                .push_back(TableOutput::Shard(ShardCommand::Progress {
+                    session: sid,
+                    client,
+                    received_packets: stats.received_packets,
+                    rank: stats.decoded_rank,
+                    loss_ppm: stats.loss_ppm,
+                }));
         }
+        let adapt_now = r
+            .last_adapt
+            .is_none_or(|at| now.saturating_duration_since(at) >= cfg.adapt_interval);
+        if adapt_now {
+            r.last_adapt = Some(now);
+            r.demand_bps = adapt(cfg, r.demand_bps, r.rate_bps, &stats);
+            let demand = r.demand_bps;
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.demand_hint_bps = Some(demand);
+            }
+        }
+        let (name, segment) = (s.name.clone(), s.segment);
         if let Some(m) = self
             .coop
             .get_mut(&name)
@@ -738,7 +778,9 @@ impl SessionTable {
                 *rank = stats.decoded_rank;
             }
         }
-        self.reallocate_rates();
+        if adapt_now {
+            self.reallocate_rates();
+        }
         let rate = self
             .sessions
             .get(&sid)

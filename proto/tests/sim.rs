@@ -140,6 +140,8 @@ struct Sim {
     ended: Vec<SessionId>,
     forged_sent: u64,
     mute_new_sessions: bool,
+    /// `ShardCommand::Progress` seen (each checked to name a receiver the shard streams to).
+    progress_reports: u64,
 }
 
 fn table_config() -> TableConfig {
@@ -189,6 +191,7 @@ impl Sim {
             ended: Vec::new(),
             forged_sent: 0,
             mute_new_sessions: false,
+            progress_reports: 0,
         }
     }
 
@@ -328,6 +331,19 @@ impl Sim {
                     .get_mut(&session)
                     .and_then(|s| s.receivers.get_mut(&client));
                 r.expect("rate for unknown receiver").1 = rate_bps;
+            }
+            ShardCommand::Progress {
+                session, client, ..
+            } => {
+                let known = self
+                    .shard
+                    .get(&session)
+                    .is_some_and(|s| s.receivers.contains_key(&client));
+                assert!(
+                    known,
+                    "progress for a receiver the shard does not stream to"
+                );
+                self.progress_reports += 1;
             }
             ShardCommand::RemoveReceiver { session, client } => {
                 let s = self
@@ -731,6 +747,8 @@ fn swarm_run(seed: u64) {
     assert!(reconnects > 0, "the test must exercise connection drops");
     // Sessions were shared: fewer sessions started than (clients x segments).
     assert!(sim.started.len() < 6 * 8, "{} sessions", sim.started.len());
+    // Heartbeats reached the shard as progress reports (each for a receiver it streams to).
+    assert!(sim.progress_reports > 0);
     assert_clean_end(&mut sim);
 }
 
@@ -1813,4 +1831,87 @@ fn next_segment_is_requested_at_decode_and_done_waits_for_every_verdict() {
     dl.segment_verified(t0, 0, true);
     assert_eq!(actions(&mut dl), [DownloadAction::Done]);
     assert_eq!(dl.requests_sent(), &[0, 1, 0, 2]);
+}
+
+/// Frequent heartbeats: each one reaches the shard as `Progress` (received packets, rank, loss) for
+/// its send window, while the rate adapts at most once per `adapt_interval`.
+#[test]
+fn every_heartbeat_is_progress_for_the_shard_and_rates_adapt_once_per_interval() {
+    let meta = file_meta(3 * 100_000, 1);
+    let cfg = TableConfig {
+        initial_rate_bps: 100_000_000,
+        adapt_interval: Duration::from_millis(200),
+        ..TableConfig::default()
+    };
+    let mut t = SessionTable::new(cfg);
+    let mut now = Instant::now();
+    handle(&mut t, now, 1, hello(1, false), &meta);
+    let s = session_of(handle(&mut t, now, 1, req(0, 1), &meta)).session;
+    outputs(&mut t);
+    let mut rates = Vec::new();
+    let mut progress = Vec::new();
+    for i in 1..=20u64 {
+        now += Duration::from_millis(20);
+        let stats = ReceiverStats {
+            received_packets: i * 100,
+            decoded_rank: (i * 90) as u32,
+            receive_rate_bps: 100_000_000,
+            loss_ppm: 7,
+            ..ReceiverStats::default()
+        };
+        handle(
+            &mut t,
+            now,
+            1,
+            Frame::Heartbeat { session: s, stats },
+            &meta,
+        );
+        for o in outputs(&mut t) {
+            match o {
+                TableOutput::Shard(ShardCommand::Progress {
+                    session,
+                    client,
+                    received_packets,
+                    rank,
+                    loss_ppm,
+                }) => {
+                    assert_eq!((session, client, loss_ppm), (s, ClientId(1), 7));
+                    progress.push((received_packets, rank));
+                }
+                TableOutput::Shard(ShardCommand::SetRate { rate_bps, .. }) => rates.push(rate_bps),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(progress.len(), 20);
+    assert_eq!(progress[19], (2000, 1800));
+    // 400 ms of heartbeats every 20 ms: the first adapts, then one per 200 ms (two more).
+    assert!(
+        (1..=3).contains(&rates.len()),
+        "{} rate changes: {rates:?}",
+        rates.len()
+    );
+    // A heartbeat for a session the client left is refused and reaches no shard.
+    handle(&mut t, now, 1, Frame::StopSegment { session: s }, &meta);
+    outputs(&mut t);
+    let reply = handle(
+        &mut t,
+        now,
+        1,
+        Frame::Heartbeat {
+            session: s,
+            stats: ReceiverStats::default(),
+        },
+        &meta,
+    );
+    assert!(matches!(
+        reply,
+        Reply::Send(Frame::Error {
+            code: ErrorCode::NoSuchSession,
+            ..
+        })
+    ));
+    assert!(outputs(&mut t)
+        .iter()
+        .all(|o| !matches!(o, TableOutput::Shard(ShardCommand::Progress { .. }))));
 }

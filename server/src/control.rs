@@ -370,6 +370,7 @@ impl State {
             ShardCommand::StartSession { session, .. }
             | ShardCommand::AddReceiver { session, .. }
             | ShardCommand::SetRate { session, .. }
+            | ShardCommand::Progress { session, .. }
             | ShardCommand::RemoveReceiver { session, .. }
             | ShardCommand::EndSession { session } => *session,
         };
@@ -407,6 +408,22 @@ impl State {
                     session,
                     client,
                     rate_bps,
+                },
+            ),
+            ShardCommand::Progress {
+                session,
+                client,
+                received_packets,
+                rank,
+                loss_ppm,
+            } => (
+                self.shard_of(session),
+                ShardMsg::Progress {
+                    session,
+                    client,
+                    received: received_packets,
+                    rank,
+                    loss_ppm,
                 },
             ),
             ShardCommand::RemoveReceiver { session, client } => (

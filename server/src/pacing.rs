@@ -12,6 +12,10 @@
 //! - [`EgressLimiter`]: one per server, shared by every shard (lock-free GCRA on an atomic), a hard cap of
 //!   the total egress at `--max-rate` whatever the receivers' rates add up to.
 //! - [`batch_datagrams`]: how many datagrams of a GSO batch the receiver's bucket allows right now.
+//! - [`SendWindow`]: one per receiver, a cap on the packets in flight from the progress the receiver
+//!   reports (packets received, decoder rank): no more in flight than the receiver still needs plus a
+//!   margin. Without it a fast sender fills the receiver's socket buffer with packets that arrive
+//!   after the segment decoded (a big buffer gives no loss signal), and all of them are wasted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -111,6 +115,93 @@ pub fn batch_datagrams(
         return 0;
     }
     (bucket.available(now_ns) / datagram_len).min(max)
+}
+
+/// Packets a [`SendWindow`] allows beyond the estimate of what the receiver still needs (one GSO
+/// batch, so the tail of a segment is not sent one packet at a time).
+pub const WINDOW_SLACK: u64 = 64;
+
+/// Reports with no new packet while the window was closed after which the packets in flight are
+/// counted as lost (the window opens again).
+pub const WINDOW_LOSS_REPORTS: u32 = 2;
+
+/// The in-flight cap of one receiver, from its progress reports.
+///
+/// With `sent` packets sent, and the receiver's last report saying it got `received` packets of this
+/// stream and holds rank `rank` of the `needed` it must reach, the window allows sending while
+/// `sent < received + lost + (needed - rank) * (1 + 1/16 + loss) + WINDOW_SLACK`: the packets in
+/// flight never exceed what the receiver still needs, with a margin for loss and for non-innovative
+/// packets. Packets lost on the way would keep the window shut: when it was shut and
+/// [`WINDOW_LOSS_REPORTS`] reports in a row show no new packet, everything in flight is counted as
+/// lost (`lost`), so the window reopens. Before the first report the window is the whole segment.
+#[derive(Debug, Clone)]
+pub struct SendWindow {
+    needed: u64,
+    sent: u64,
+    received: u64,
+    rank: u64,
+    lost: u64,
+    loss_ppm: u64,
+    shut_since_report: bool,
+    quiet_reports: u32,
+}
+
+impl SendWindow {
+    /// A window for a receiver that must reach rank `needed` (the segment's source packet count).
+    pub fn new(needed: u32) -> Self {
+        Self {
+            needed: u64::from(needed),
+            sent: 0,
+            received: 0,
+            rank: 0,
+            lost: 0,
+            loss_ppm: 0,
+            shut_since_report: false,
+            quiet_reports: 0,
+        }
+    }
+
+    /// Packets that may be sent now.
+    pub fn allowance(&mut self) -> u64 {
+        let remaining = self.needed.saturating_sub(self.rank);
+        // Margin: 1/16 plus twice the reported loss.
+        let margin = remaining / 16 + remaining * self.loss_ppm.min(500_000) * 2 / 1_000_000;
+        let limit = self.received + self.lost + remaining + margin + WINDOW_SLACK;
+        let allowed = limit.saturating_sub(self.sent);
+        if allowed == 0 {
+            self.shut_since_report = true;
+        }
+        allowed
+    }
+
+    /// `n` packets were sent.
+    pub fn on_sent(&mut self, n: u64) {
+        self.sent += n;
+    }
+
+    /// The receiver reports `received` packets of this stream so far, rank `rank`, and the loss it
+    /// measured over its last interval.
+    pub fn on_report(&mut self, received: u64, rank: u32, loss_ppm: u32) {
+        let in_flight = self.sent.saturating_sub(received + self.lost);
+        if self.shut_since_report && received <= self.received && in_flight > 0 {
+            self.quiet_reports += 1;
+            if self.quiet_reports >= WINDOW_LOSS_REPORTS {
+                self.lost += in_flight;
+                self.quiet_reports = 0;
+            }
+        } else {
+            self.quiet_reports = 0;
+        }
+        self.received = self.received.max(received);
+        self.rank = self.rank.max(u64::from(rank));
+        self.loss_ppm = u64::from(loss_ppm);
+        self.shut_since_report = false;
+    }
+
+    /// Packets counted as lost so far.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
 }
 
 /// The server-wide egress cap, shared by every shard: a lock-free GCRA (virtual scheduling) over an
@@ -256,6 +347,53 @@ mod tests {
         assert!(err < 0.02, "total {total_bits} bits/s");
         let share = sent[0] as f64 / (sent[0] + sent[1]) as f64;
         assert!((share - 0.5).abs() < 0.1, "share {share}");
+    }
+
+    #[test]
+    fn window_keeps_in_flight_under_what_the_receiver_still_needs() {
+        let mut w = SendWindow::new(1000);
+        // Before any report: the whole segment plus margin and slack.
+        assert_eq!(w.allowance(), 1000 + 1000 / 16 + WINDOW_SLACK);
+        w.on_sent(900);
+        // The receiver got 600, all innovative: 400 still needed, 300 in flight.
+        w.on_report(600, 600, 0);
+        assert_eq!(w.allowance(), 600 + 400 + 400 / 16 + WINDOW_SLACK - 900);
+        let rest = w.allowance();
+        w.on_sent(rest);
+        assert_eq!(w.allowance(), 0);
+        // Full rank: nothing more beyond the slack over what was received.
+        w.on_report(1000, 1000, 0);
+        let sent = 600 + 400 + 400 / 16 + WINDOW_SLACK;
+        assert_eq!(w.allowance(), (1000 + WINDOW_SLACK).saturating_sub(sent));
+        // Reported loss widens the margin.
+        let mut lossy = SendWindow::new(1000);
+        lossy.on_report(0, 0, 100_000);
+        assert_eq!(lossy.allowance(), 1000 + 1000 / 16 + 200 + WINDOW_SLACK);
+    }
+
+    #[test]
+    fn window_reopens_when_the_packets_in_flight_were_lost() {
+        let mut w = SendWindow::new(1000);
+        let first = w.allowance();
+        w.on_sent(first);
+        assert_eq!(w.allowance(), 0);
+        // Only 500 arrived (the rest was dropped); the window stays shut while it can be late.
+        w.on_report(500, 500, 0);
+        let open = w.allowance();
+        w.on_sent(open);
+        assert_eq!(w.allowance(), 0);
+        w.on_report(500, 500, 0);
+        assert_eq!(w.allowance(), 0, "one quiet report is not enough");
+        w.on_report(500, 500, 0);
+        // Two quiet reports while shut: everything in flight counts as lost.
+        assert_eq!(w.lost(), first + open - 500);
+        assert_eq!(w.allowance(), 500 + 500 / 16 + WINDOW_SLACK);
+        // Quiet reports while the window is open (nothing was sent) count nothing.
+        let mut idle = SendWindow::new(10);
+        idle.on_report(0, 0, 0);
+        idle.on_report(0, 0, 0);
+        idle.on_report(0, 0, 0);
+        assert_eq!(idle.lost(), 0);
     }
 
     #[test]

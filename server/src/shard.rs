@@ -10,7 +10,10 @@
 //!   encoder and with it its hold on the mapping).
 //! - Each receiver has its own snc [`Stream`] (a fresh random key, so its packets are distinct from every
 //!   other receiver's) and its own [`TokenBucket`] at the rate the session table gave it; the shard also
-//!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A batch is up to
+//!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A receiver's
+//!   [`SendWindow`] (fed by `Progress`, the receiver's reported packets and rank) keeps the packets in
+//!   flight under what it still needs: a receiver whose window is shut gets nothing until its next
+//!   report. A batch is up to
 //!   64 equal-size datagrams to one receiver, sealed in place with the session key
 //!   (`ccfd_proto::DataPacket::seal_in_place`) and sent as one GSO `sendmsg`.
 //! - Each loop iteration ticks the [`Watchdog`]; a stalled shard stops `WATCHDOG=1`.
@@ -31,7 +34,7 @@ use snc::encoder::Stream;
 
 use crate::coder::SessionCoder;
 use crate::notify::Watchdog;
-use crate::pacing::{batch_datagrams, EgressLimiter, TokenBucket};
+use crate::pacing::{batch_datagrams, EgressLimiter, SendWindow, TokenBucket};
 
 /// Capacity of each shard's command queue.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -74,6 +77,19 @@ pub enum ShardMsg {
         /// New rate, bits/s.
         rate_bps: u64,
     },
+    /// A receiver's progress (from its heartbeat): packets of this session received, decoder rank.
+    Progress {
+        /// Session id.
+        session: SessionId,
+        /// The client.
+        client: ClientId,
+        /// Packets received from this session's stream so far.
+        received: u64,
+        /// Decoder rank.
+        rank: u32,
+        /// Loss over the receiver's last interval, ppm.
+        loss_ppm: u32,
+    },
     /// Stop streaming to a receiver.
     RemoveReceiver {
         /// Session id.
@@ -111,6 +127,10 @@ pub struct ShardStats {
     pub live_sessions: AtomicU64,
     /// Live receivers.
     pub live_receivers: AtomicU64,
+    /// Times a receiver's send window was found shut (it had all it still needs in flight).
+    pub window_shut: AtomicU64,
+    /// Packets the send windows counted as lost (in flight, never reported received).
+    pub window_lost: AtomicU64,
 }
 
 /// Static settings of a shard.
@@ -265,6 +285,7 @@ struct ShardReceiver {
     addr: SocketAddr,
     bucket: TokenBucket,
     stream: Stream,
+    window: SendWindow,
 }
 
 struct ShardSession {
@@ -282,6 +303,8 @@ enum BatchOutcome {
     Sent,
     /// Nothing to send before this many nanoseconds.
     Wait(u64),
+    /// The receiver's send window is shut until its next progress report.
+    Shut,
     /// No send buffer free.
     Exhausted,
     /// Nothing to send at all (empty segment, encoder failure).
@@ -393,12 +416,14 @@ impl ShardLoop {
                     return;
                 };
                 let dgram = max_datagram_len(&s.coder);
+                let needed = s.coder.encoder().layout().source_count();
                 s.receivers.retain(|r| r.client != client);
                 s.receivers.push(ShardReceiver {
                     client,
                     addr,
                     bucket: TokenBucket::new(rate_bps, dgram, now),
                     stream: Stream::new(key),
+                    window: SendWindow::new(needed),
                 });
                 self.stats.live_receivers.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(session = session.0, client = client.0, %addr, rate_bps, "receiver added");
@@ -419,6 +444,25 @@ impl ShardLoop {
                             "rate set"
                         );
                     }
+                }
+            }
+            ShardMsg::Progress {
+                session,
+                client,
+                received,
+                rank,
+                loss_ppm,
+            } => {
+                if let Some(r) = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.receivers.iter_mut().find(|r| r.client == client))
+                {
+                    let lost = r.window.lost();
+                    r.window.on_report(received, rank, loss_ppm);
+                    self.stats
+                        .window_lost
+                        .fetch_add(r.window.lost() - lost, Ordering::Relaxed);
                 }
             }
             ShardMsg::RemoveReceiver { session, client } => {
@@ -554,6 +598,10 @@ impl ShardLoop {
                             self.stats.pool_exhausted.fetch_add(1, Ordering::Relaxed);
                             return (next, true, sent_any);
                         }
+                        BatchOutcome::Shut => {
+                            self.stats.window_shut.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
                         BatchOutcome::Idle => break,
                     }
                 }
@@ -585,9 +633,16 @@ fn send_batch(
     };
     let payload_len = encoder.packet_len(&first);
     let dgram = DataPacket::sealed_len(payload_len);
-    let max = max_datagrams(dgram).min(ccfd_ring::MAX_SEGMENTS);
-    // Wait for a full batch (64 datagrams, or the whole burst at low rates): fewer, larger GSO sends
-    // cost far less CPU than a trickle of one-datagram sends, and the burst stays within the window.
+    let allowed = usize::try_from(receiver.window.allowance()).unwrap_or(usize::MAX);
+    if allowed == 0 {
+        return BatchOutcome::Shut;
+    }
+    let max = max_datagrams(dgram)
+        .min(ccfd_ring::MAX_SEGMENTS)
+        .min(allowed);
+    // Wait for a full batch (64 datagrams, or the whole burst at low rates, or what the window
+    // allows): fewer, larger GSO sends cost far less CPU than a trickle of one-datagram sends, and the
+    // burst stays within the window.
     let target = max.min((receiver.bucket.burst_bytes() / dgram).max(1));
     let n = batch_datagrams(&mut receiver.bucket, now, dgram, max);
     if n < target {
@@ -651,6 +706,7 @@ fn send_batch(
     buffer.queue();
     let bytes = sent * dgram;
     receiver.bucket.consume(bytes);
+    receiver.window.on_sent(sent as u64);
     session.packets += sent as u64;
     stats.packets.fetch_add(sent as u64, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ccfd_proto::{
-    DataHeader, DataPacket, ErrorCode, FileMeta, Frame, FrameDecoder, Hello, NodeId, Role,
-    SessionMeta, PROTOCOL_VERSION,
+    DataHeader, DataPacket, ErrorCode, FileMeta, Frame, FrameDecoder, Hello, NodeId, ReceiverStats,
+    Role, SessionMeta, PROTOCOL_VERSION,
 };
 use ccfd_server::config::Settings;
 use ccfd_server::Server;
@@ -421,19 +421,34 @@ fn client_limit_gives_an_explicit_error() {
 }
 
 /// Counts the bytes of valid packets of `session` arriving on `socket` during `window`.
-fn count_bytes(socket: &UdpSocket, meta: &SessionMeta, window: Duration) -> u64 {
+/// Counts the session's bytes arriving for `window`, heartbeating every 20 ms with the packets
+/// received so far (the shard's send window only opens for what a receiver reports receiving).
+fn count_bytes(socket: &UdpSocket, ctl: &mut Ctl, meta: &SessionMeta, window: Duration) -> u64 {
     socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
+        .set_read_timeout(Some(Duration::from_millis(5)))
         .unwrap();
     let mut buf = vec![0u8; 65536];
     let mut bytes = 0u64;
+    let mut packets = 0u64;
     let end = Instant::now() + window;
+    let mut heartbeat = Instant::now();
     while Instant::now() < end {
         if let Ok(n) = socket.recv(&mut buf) {
             if DataPacket::open(&meta.key, &buf[..n]).is_ok_and(|(h, _)| h.session == meta.session)
             {
                 bytes += n as u64;
+                packets += 1;
             }
+        }
+        if heartbeat.elapsed() >= Duration::from_millis(20) {
+            heartbeat = Instant::now();
+            ctl.send(&Frame::Heartbeat {
+                session: meta.session,
+                stats: ReceiverStats {
+                    received_packets: packets,
+                    ..ReceiverStats::default()
+                },
+            });
         }
     }
     bytes
@@ -467,8 +482,11 @@ fn max_rate_caps_total_egress_shared_by_receivers() {
     let counts: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = sockets
             .iter()
+            .zip(ctls.iter_mut())
             .zip(&metas)
-            .map(|(socket, meta)| scope.spawn(move || count_bytes(socket, meta, window)))
+            .map(|((socket, ctl), meta)| {
+                scope.spawn(move || count_bytes(socket, ctl, meta, window))
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -552,4 +570,56 @@ fn receive_segment_skipping(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>,
     }
     drop(decoder);
     (out, valid)
+}
+
+/// The send window: a receiver that reports no progress gets about one segment's worth of packets
+/// (what it needs plus the margin), not an endless stream; its reports open the window again.
+#[test]
+fn a_receiver_gets_no_more_in_flight_than_it_still_needs() {
+    let dir = root_dir();
+    let server = start(dir.path(), "127.0.0.66", udp_base(8), |_| {});
+    let socket = UdpSocket::bind("127.0.0.67:0").unwrap();
+    let receive = socket.local_addr().unwrap();
+    let mut ctl = Ctl::connect(server.control_addr());
+    ctl.hello(1, Some(receive));
+    let meta = request_segment(&mut ctl, "a.bin", 0, receive);
+    let needed = meta.segment_len.div_ceil(u64::from(meta.code.symbol_size));
+    let cap = needed + needed / 16 + 64;
+    let packets = |socket: &UdpSocket, window: Duration| {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut count = 0u64;
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if DataPacket::open(&meta.key, &buf[..n]).is_ok() {
+                    count += 1;
+                }
+            }
+        }
+        count
+    };
+    // Silent: the stream stops at the window (1 Gbit/s would send thousands in 500 ms).
+    let first = packets(&socket, Duration::from_millis(500));
+    assert!(
+        (needed..=cap).contains(&first),
+        "{first} packets for a segment of {needed} (cap {cap})"
+    );
+    // Reporting everything received at rank 0 (nothing innovative, say): the window reopens.
+    ctl.send(&Frame::Heartbeat {
+        session: meta.session,
+        stats: ReceiverStats {
+            received_packets: first,
+            ..ReceiverStats::default()
+        },
+    });
+    let second = packets(&socket, Duration::from_millis(500));
+    assert!(
+        (needed..=cap).contains(&second),
+        "{second} more packets after the report (cap {cap})"
+    );
+    drop(ctl);
+    server.shutdown();
 }
