@@ -9,6 +9,29 @@
 //!
 //! The shard is driven by the cooperation control ([`crate::coop_control`]) through [`ServeCommand`]s
 //! and never blocks the decoder thread.
+//!
+//! Contract ([`spawn`] → [`ServeHandle`]; send a command, then fire its waker):
+//! - `Receiving { segment }` (re)starts the recoding buffer, even for the segment it already held
+//!   (a refetch after a failed digest recodes nothing of the failed attempt). Queued packets of other
+//!   segments are discarded. The buffer holds up to `1.25 N` packets (`N` source + check columns,
+//!   about the segment's size), never more than [`source::RECODER_MAX_BYTES`] (64 MiB).
+//! - `Completed { segment }` allows encoding it from the output; its recoding buffer is dropped. A
+//!   stream whose segment is complete encodes whatever its source (`FromCopy` is then implied). Only
+//!   segments named by `Completed` are ever read from the output. Encoders (the precode takes tens
+//!   of milliseconds for 32 MiB) are built on a helper thread; the stream starts when it is ready.
+//! - `Start` opens a stream (a `Start` for a live [`StreamId`] replaces it): a random coefficient
+//!   key per stream, so two streams (or two peers) never send the same packets; encoded streams
+//!   skip the systematic packets (they would duplicate the server's) and recoding never forwards
+//!   them uncoded. A recoding stream sends at most as many packets as the buffer stored since its
+//!   (re)start (more could not carry more information) and never from an empty buffer.
+//! - Packets are sealed under the stream's key with `Origin::Peer`, the asker's session, the
+//!   segment and a per-stream `seq` from 0; up to 64 equal-size datagrams per GSO send.
+//! - Pacing: see [`rate`] (token bucket per stream with 4 ms bursts, receiver-driven controller
+//!   starting at 100 Mbit/s or the cap's share, max-min fair split of `upload_rate_bps`, plus a
+//!   shard-wide bucket at the cap).
+//! - `Stop` ends a stream at once; `Exit` or a disconnected channel ends the thread with `Ok(())`.
+//!   Send errors are counted by the ring and logged, never fatal; only a vanished socket is.
+//! - Counters: `packets_to_peers`, `bytes_to_peers` (codec payload bytes, like `bytes_from_peers`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

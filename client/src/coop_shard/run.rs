@@ -279,9 +279,12 @@ impl Shard {
         source: ServeSource,
         now: u64,
     ) {
+        // A replaced stream's sequence numbers go on (the receiver derives loss from their gaps).
+        let mut seq = 0;
         if let Some(i) = self.streams.iter().position(|s| s.id == id) {
             let old = self.streams.swap_remove(i);
             self.log_stop(&old, "restarted");
+            seq = old.seq;
         }
         let layout = match segment_layout(&self.setup.meta, segment) {
             Ok(layout) => layout,
@@ -319,7 +322,7 @@ impl Shard {
             layout,
             code,
             prng: Prng::new(random_u64()),
-            seq: 0,
+            seq,
             recoded: 0,
             generation: 0,
             waited_budget: 0,
