@@ -4,8 +4,10 @@
 //! * the loopback demo at a small size passes, checks digests, draws a plot and leaves no file;
 //! * a broken run (a client asking for a file the server does not have, or a `--file` that does not
 //!   exist) exits non-zero with the reason;
+//! * `--no-coop` makes every byte come from the server, and the server's own count of what it
+//!   sent (its statistics line at SIGTERM) is reported as a multiple of the file;
 //! * the lab variant (`--rate 200mbit`) runs when root with the tools present, and otherwise says
-//!   why it cannot run (on stderr, uncaptured).
+//!   why it cannot run (on stderr, uncaptured); its server veth counter agrees with the server's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -155,6 +157,47 @@ fn small_loopback_demo_passes_and_cleans_up() {
 }
 
 #[test]
+fn no_coop_takes_every_byte_from_the_server_and_the_server_count_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let size: u64 = 4 << 20;
+    let output = swarm(
+        tmp.path(),
+        &[
+            "--size",
+            "4MiB",
+            "--clients",
+            "2",
+            "--no-coop",
+            "--json",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let report = report_of(&output);
+    assert!(output.status.success(), "stderr:\n{}", text(&output.stderr));
+    assert_all_ok(&report, 2, size);
+    assert_eq!(report["coop"], false, "{report:#}");
+    let passed = report["client_options"].as_array().expect("client_options");
+    if passed.iter().any(|o| o == "--no-coop") {
+        for row in report["per_client"].as_array().unwrap() {
+            assert_eq!(row["bytes_from_peers"], 0, "{row:#}");
+        }
+    }
+    // Two clients, each the whole file from the server: two copies plus headers and overhead.
+    let sent = report["server_bytes_sent"]
+        .as_u64()
+        .expect("server_bytes_sent");
+    let copies = report["server_copies"].as_f64().expect("server_copies");
+    assert!((copies - sent as f64 / size as f64).abs() < 1e-9);
+    assert!((2.0..3.0).contains(&copies), "server sent {copies} copies");
+    assert!(
+        report["server_veth_tx_bytes"].is_null(),
+        "no veth on loopback"
+    );
+    assert_clean(tmp.path());
+}
+
+#[test]
 fn a_client_asking_for_a_missing_file_fails_the_run_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let output = swarm(
@@ -231,6 +274,26 @@ fn lab_run_reports_t_min() {
     assert!((t_min - 0.671).abs() < 0.001, "T_min {t_min}");
     let ratio = report["slowest_to_t_min"].as_f64().expect("ratio");
     assert!(ratio >= 1.0, "nothing beats the fluid bound: {ratio}");
+    // The server's veth carried at least one copy of the file and about what the server says it
+    // sent (plus 42 header bytes per datagram; less what its tbf queue dropped, which UDP does not
+    // report to the sender).
+    let sent = report["server_bytes_sent"]
+        .as_u64()
+        .expect("server_bytes_sent");
+    let packets = report["server_packets_sent"].as_u64().expect("packets");
+    let veth = report["server_veth_tx_bytes"].as_u64().expect("veth bytes");
+    assert!(
+        sent >= 16 << 20 && veth >= 16 << 20,
+        "server {sent}, veth {veth} bytes"
+    );
+    assert!(
+        veth as f64 >= 0.9 * (sent + 42 * packets) as f64,
+        "veth {veth} far below server {sent} + headers of {packets} datagrams"
+    );
+    assert!(
+        report["server_veth_steady_mbit_per_s"].as_f64().is_some(),
+        "{report:#}"
+    );
     say(&format!(
         "swarm lab: 2 clients, 16 MiB, 200 Mbit/s: slowest {:.2} s = {ratio:.2} x T_min",
         report["slowest_seconds"].as_f64().unwrap_or(f64::NAN)
