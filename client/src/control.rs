@@ -337,11 +337,14 @@ struct StatsSampler {
 }
 
 impl StatsSampler {
-    fn sample(&mut self, now: Instant, live: &LiveSession) -> ReceiverStats {
-        if !live.active.load(Ordering::Relaxed) {
-            return self.current;
-        }
+    /// Statistics of session `expected` (the one the download heartbeats for): zeros until the
+    /// decoder thread receives it (the counters of the session before must not be reported for it:
+    /// the server's send window trusts them).
+    fn sample(&mut self, now: Instant, live: &LiveSession, expected: Option<u32>) -> ReceiverStats {
         let session = live.session.load(Ordering::Relaxed);
+        if !live.active.load(Ordering::Relaxed) || expected != Some(session) {
+            return ReceiverStats::default();
+        }
         let bytes = live.bytes.load(Ordering::Relaxed);
         let packets = live.packets.load(Ordering::Relaxed);
         let span = live.seq_span.load(Ordering::Relaxed);
@@ -592,7 +595,8 @@ async fn drive(
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
         }
         let now = Instant::now();
-        download.update_stats(sampler.sample(now, live));
+        let expected = download.current_session().map(|m| m.session.0);
+        download.update_stats(sampler.sample(now, live, expected));
         if download.poll_timeout().is_some_and(|at| at <= now) {
             download.handle_timeout(now);
         }

@@ -180,7 +180,7 @@ impl SendWindow {
     }
 
     /// The receiver reports `received` packets of this stream so far, rank `rank`, and the loss it
-    /// measured over its last interval.
+    /// measured over its last interval (the latest report replaces the previous one).
     pub fn on_report(&mut self, received: u64, rank: u32, loss_ppm: u32) {
         let in_flight = self.sent.saturating_sub(received + self.lost);
         if self.shut_since_report && received <= self.received && in_flight > 0 {
@@ -192,8 +192,9 @@ impl SendWindow {
         } else {
             self.quiet_reports = 0;
         }
-        self.received = self.received.max(received);
-        self.rank = self.rank.max(u64::from(rank));
+        // The latest report wins (reports come in order on the control connection).
+        self.received = received;
+        self.rank = u64::from(rank);
         self.loss_ppm = u64::from(loss_ppm);
         self.shut_since_report = false;
     }
