@@ -468,6 +468,11 @@ impl ShardLoop {
             ShardMsg::RemoveReceiver { session, client } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let before = s.receivers.len();
+                    let (sent, window_lost) = s
+                        .receivers
+                        .iter()
+                        .find(|r| r.client == client)
+                        .map_or((0, 0), |r| (r.stream.counter, r.window.lost()));
                     s.receivers.retain(|r| r.client != client);
                     let removed = (before - s.receivers.len()) as u64;
                     let elapsed_ms = now.saturating_sub(s.started_ns) / 1_000_000;
@@ -475,6 +480,8 @@ impl ShardLoop {
                         session = session.0,
                         client = client.0,
                         packets = s.packets,
+                        sent,
+                        window_lost,
                         elapsed_ms,
                         "receiver removed"
                     );
