@@ -150,7 +150,6 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         .filter(|&s| record.is_complete(s))
         .collect();
 
-    pin_decoder_thread(options.decoder_core);
     let data_ip: IpAddr = options.bind.map_or(local_addr.ip(), |b| b.ip());
     let data_port = options.bind.map_or(0, |b| b.port());
     let socket_setup = Ring::new(&RingConfig::default()).and_then(|mut ring| {
@@ -229,6 +228,9 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         commands: commands_rx,
         events: handle.events,
     };
+    // Pinned only now: threads spawned by this one inherit its affinity (the cooperation shard
+    // pins itself to another core, the cooperation control runs unpinned).
+    pin_decoder_thread(options.decoder_core);
     let decoded = receiver::run(&mut ring, socket, &mut part, &mut context);
     drop(context.events);
     drop(ring);
@@ -311,7 +313,12 @@ impl Cooperation {
             name: start.meta.name.clone(),
             data_addr: start.receive_addr,
             completed: start.completed.to_vec(),
-            config: CoopConfig::default(),
+            // Segments last well under a second on a fast network: ask for peers again soon when
+            // none were found (the leader finds its followers only once they start the segment).
+            config: CoopConfig {
+                peers_refresh: Duration::from_millis(250),
+                ..CoopConfig::default()
+            },
             shard: shard_link.clone(),
             live: Arc::clone(start.live),
             download_rate_bps: options.download_rate_bps,
