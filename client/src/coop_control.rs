@@ -39,6 +39,10 @@ use crate::receiver::LiveSession;
 
 pub use driver::spawn;
 
+/// Heartbeat period on peer links (and of the per-source statistics sample they carry): sources
+/// pace by it, so it is short next to a segment's transfer time.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What the control thread (and `get`) tell the cooperation control.
 #[derive(Debug, Clone)]
 pub enum CoopEvent {

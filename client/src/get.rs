@@ -317,6 +317,8 @@ impl Cooperation {
             // none were found (the leader finds its followers only once they start the segment).
             config: CoopConfig {
                 peers_refresh: Duration::from_millis(250),
+                // Sources pace by our heartbeats: react within a fraction of a segment.
+                heartbeat_interval: coop_control::HEARTBEAT_INTERVAL,
                 ..CoopConfig::default()
             },
             shard: shard_link.clone(),

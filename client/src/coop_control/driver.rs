@@ -22,7 +22,7 @@ use crate::receiver::LiveSession;
 /// How long one outbound peer connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Period of the per-source statistics sample (the heartbeats carry the latest one).
-const STATS_TICK: Duration = Duration::from_millis(250);
+const STATS_TICK: Duration = super::HEARTBEAT_INTERVAL;
 /// How long the links may take to flush `ExitCoop` when we leave.
 const EXIT_FLUSH: Duration = Duration::from_millis(500);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
