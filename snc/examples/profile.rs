@@ -1,5 +1,5 @@
 //! Profiling harness (not a benchmark): `cargo run --release -p snc --example profile --
-//! <what> [MiB] [field] [reps] [checks]` with `what` = decode | encode | recode. Runs one configuration
+//! <what> [MiB] [field] [reps] [checks]` with `what` = decode | encode | recode | relayov. Runs one configuration
 //! (band code, 1280-byte symbols, non-systematic, 10 % loss) `reps` times and prints the
 //! thread-CPU MB/s of each run, so `valgrind --tool=callgrind` or `perf` can look inside.
 
@@ -77,6 +77,27 @@ fn main() {
             .filter(|_| loss.below(10) != 0)
             .map(|(c, &n)| &c[..n])
             .collect();
+        if what == "relayov" {
+            // Overhead of a recoded stream: a relay holding the delivered packets recodes
+            // until a coefficient-only decoder completes.
+            let mut relay = Recoder::new(&layout, usize::MAX);
+            for p in &kept {
+                relay.push(&packet::parse(&layout, p).unwrap()).unwrap();
+            }
+            let mut rng = Prng::new(9 + r as u64);
+            let mut buf = vec![0u8; slot];
+            let mut dec = Decoder::counting(&layout).unwrap();
+            let mut sent = 0u64;
+            while sent < 3 * k as u64 {
+                let n = relay.recode(&mut rng, &mut buf).unwrap();
+                sent += 1;
+                if dec.push(&buf[..n]).unwrap() == Progress::Complete {
+                    break;
+                }
+            }
+            println!("relayov {:.5}", sent as f64 / k as f64);
+            continue;
+        }
         if what == "recode" {
             let mut relay = Recoder::new(&layout, usize::MAX);
             for p in &kept {

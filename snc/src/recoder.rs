@@ -22,7 +22,9 @@
 //!     recoded packet: every held packet of it, systematic ones included at their local
 //!     position, is multiplied by a random coefficient from the caller's [`Prng`] and summed.
 //!     The result carries its explicit coefficient vector ([`crate::packet`] recoded form) and
-//!     is decodable by every decoder of this crate.
+//!     is decodable by every decoder of this crate. The chosen subgeneration keeps going for
+//!     up to [`RECODE_BURST`] calls ([`Recoder::set_burst`]) while its score stays within that
+//!     many of the best, so its scattered held symbols come from cache after the first packet;
 //!   - `None` if nothing is held.
 //!
 //! Scheduling is `O(log G)` per packet (a max segment tree over the scores); a GF(2) recoded
@@ -54,6 +56,15 @@ enum Owner {
 
 const NO_SCORE: i64 = i64::MIN;
 
+/// Default of [`Recoder::set_burst`]: recoded packets MLPI may take in a row from one
+/// subgeneration while its score stays within this many of the best. Its held symbols are then
+/// read from DRAM once per burst instead of once per packet (a relay's symbols arrive
+/// interleaved, so a subgeneration's are scattered).
+// CODEC: measured (profile example, 32 MiB GF(2) nonsys 10 % loss relay holding every
+// delivered packet, thread CPU, alternating): burst 4 recodes 1.28x faster than burst 1; the
+// recoded stream's overhead (4 MiB, 8 seeds) is 1.041 mean vs 1.031 (burst 2: 1.035, ~1.1x).
+pub const RECODE_BURST: u32 = 4;
+
 /// Bounded recoding buffer of one segment.
 #[derive(Debug)]
 pub struct Recoder {
@@ -82,6 +93,9 @@ pub struct Recoder {
     leaves: usize,
     row: CoeffRow,
     used: usize,
+    /// The subgeneration of the current burst and the packets it may still make.
+    burst: Option<(u32, u32)>,
+    max_burst: u32,
 }
 
 impl Recoder {
@@ -130,7 +144,16 @@ impl Recoder {
             leaves,
             row: CoeffRow::new(layout),
             used: 0,
+            burst: None,
+            max_burst: RECODE_BURST,
         }
+    }
+
+    /// Recoded packets one subgeneration may make in a row ([`RECODE_BURST`] by default; 1 is
+    /// strict MLPI, lowest overhead for receivers of the recoded stream; 0 counts as 1).
+    pub fn set_burst(&mut self, packets: u32) {
+        self.max_burst = packets.max(1);
+        self.burst = None;
     }
 
     /// Whether systematic packets are forwarded uncoded before recoding (default on).
@@ -310,6 +333,21 @@ impl Recoder {
         }
     }
 
+    /// The current burst's subgeneration while it may continue (packets left, score within
+    /// the burst length of the best), else the best one, which starts a new burst.
+    fn burst_subgen(&mut self) -> Option<u32> {
+        if let Some((g, left)) = self.burst {
+            let score = self.tree[self.leaves + g as usize];
+            if left > 0 && score != NO_SCORE && score > self.tree[1] - self.max_burst as i64 {
+                self.burst = Some((g, left - 1));
+                return Some(g);
+            }
+        }
+        let g = self.best_subgen()?;
+        self.burst = Some((g, self.max_burst - 1));
+        Some(g)
+    }
+
     /// Leftmost subgeneration with the highest score, if any holds packets.
     fn best_subgen(&self) -> Option<u32> {
         if self.tree.len() < 2 || self.tree[1] == NO_SCORE {
@@ -372,7 +410,7 @@ impl Recoder {
         if done == count || slot < rec_len {
             return done;
         }
-        let Some(g) = self.best_subgen() else {
+        let Some(g) = self.burst_subgen() else {
             return done;
         };
         for i in done..count {

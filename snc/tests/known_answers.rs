@@ -95,14 +95,27 @@ fn random_grouping_gf2() {
 
 #[test]
 fn recoded_packets() {
-    for (field, pinned) in [
+    // Burst 1 is strict MLPI (the recoder's schedule before bursts existed).
+    for (field, burst, pinned) in [
         (
             Field::Gf2,
+            1,
             "77eddcda548f621d67cd7a9498affa24a3a21e5533fe57334fecc10512a3b7f7",
         ),
         (
             Field::Gf256,
+            1,
             "8f0aa30e5c3cabacd0b8e9eb83df5c56e538a4f70723a785189a31fa6cfb9bac",
+        ),
+        (
+            Field::Gf2,
+            snc::recoder::RECODE_BURST,
+            "be33513074b696bfd51b0bf0a96bf4916ae1ded82e94c10858593d74b5185903",
+        ),
+        (
+            Field::Gf256,
+            snc::recoder::RECODE_BURST,
+            "317cf4724b637ae08243d4fef3b1592fc5f9472ec172bd94e75acaf14dfc0178",
         ),
     ] {
         let l = CodeParams::new(20_000)
@@ -115,6 +128,7 @@ fn recoded_packets() {
         let data = input(20_000);
         let enc = Encoder::new(&l, &data).expect("encoder");
         let mut rec = Recoder::new(&l, 1 << 20);
+        rec.set_burst(burst);
         let mut s = Stream::new(4);
         let mut rng = Prng::new(5);
         let mut buf = vec![0u8; packet::max_len(&l)];
@@ -130,7 +144,7 @@ fn recoded_packets() {
             h.update(&buf[..n]);
         }
         check(
-            &format!("recoded_{field:?}"),
+            &format!("recoded_{field:?}_burst{burst}"),
             h.finalize().to_hex().to_string(),
             pinned,
         );
