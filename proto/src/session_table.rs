@@ -17,7 +17,8 @@
 //! quarantine passed. A session without receivers expires after `session_idle_timeout`. A client silent
 //! for `client_timeout` is dropped from every session and cooperation list. Each receiver's rate
 //! follows the loss and receive rate of its heartbeats (adapted at most once per `adapt_interval`,
-//! however often the receiver heartbeats); the sum stays under `max_rate_bps`. Every heartbeat of a
+//! however often the receiver heartbeats); the sum stays under `max_rate_bps` (plus
+//! `cap_headroom_percent`, for drivers that cap the total egress themselves). Every heartbeat of a
 //! receiver the shard streams to is also passed on as [`ShardCommand::Progress`] (packets received,
 //! rank): the shard caps the packets in flight by it, so receivers heartbeat often (tens of ms) while
 //! they receive.
@@ -60,6 +61,11 @@ pub struct TableConfig {
     pub id_quarantine: Duration,
     /// Total egress cap over all receivers, bits per second (`None`: uncapped).
     pub max_rate_bps: Option<u64>,
+    /// Share of the cap, in percent, handed out on top of it (0: the receivers' rates sum to at
+    /// most the cap). A driver that enforces the cap on the total egress itself (the server's
+    /// egress limiter) oversubscribes, so that a receiver that pauses (between segments, waiting for
+    /// a progress report) leaves its share to the others instead of letting it go unused.
+    pub cap_headroom_percent: u32,
     /// Rate a new receiver starts at.
     pub initial_rate_bps: u64,
     /// Lowest rate adaptation goes to.
@@ -92,6 +98,7 @@ impl Default for TableConfig {
             client_timeout: Duration::from_secs(10),
             id_quarantine: Duration::from_secs(5),
             max_rate_bps: None,
+            cap_headroom_percent: 0,
             initial_rate_bps: 1_000_000_000,
             min_rate_bps: 1_000_000,
             max_receiver_rate_bps: 40_000_000_000,
@@ -999,7 +1006,7 @@ impl SessionTable {
 
     /// Max-min fair split of the egress cap over the receivers' demands; emits `AddReceiver` for new
     /// receivers, `SetRate` for every cut and for raises of more than 1/32, so the sum of the rates
-    /// the shards use never exceeds the cap.
+    /// the shards use never exceeds the cap (plus the configured headroom).
     fn reallocate_rates(&mut self) {
         let mut demands: Vec<(u64, SessionId, ClientId)> = self
             .sessions
@@ -1011,7 +1018,11 @@ impl SessionTable {
             })
             .collect();
         demands.sort_unstable();
-        let mut left = self.config.max_rate_bps.unwrap_or(u64::MAX);
+        let headroom = u64::from(self.config.cap_headroom_percent);
+        let mut left = self
+            .config
+            .max_rate_bps
+            .map_or(u64::MAX, |cap| cap.saturating_add(cap / 100 * headroom));
         let mut n = demands.len() as u64;
         let mut alloc: Vec<(SessionId, ClientId, u64)> = Vec::with_capacity(demands.len());
         for (demand, sid, client) in demands {

@@ -1915,3 +1915,30 @@ fn every_heartbeat_is_progress_for_the_shard_and_rates_adapt_once_per_interval()
         .iter()
         .all(|o| !matches!(o, TableOutput::Shard(ShardCommand::Progress { .. }))));
 }
+
+/// With `cap_headroom_percent`, the receivers' shares add up to the cap plus that headroom (the
+/// driver caps the total egress itself), split fairly.
+#[test]
+fn cap_headroom_oversubscribes_the_shares() {
+    let meta = file_meta(10 * 100_000, 1);
+    let cfg = TableConfig {
+        max_rate_bps: Some(100_000_000),
+        cap_headroom_percent: 25,
+        initial_rate_bps: 1_000_000_000,
+        max_receiver_rate_bps: 1_000_000_000,
+        ..table_config()
+    };
+    let mut t = SessionTable::new(cfg);
+    let now = Instant::now();
+    for c in 1..=4u64 {
+        handle(&mut t, now, c, hello(c, false), &meta);
+        session_of(handle(&mut t, now, c, req((c % 2) as u32, c), &meta));
+    }
+    let rates: Vec<u64> = t
+        .sessions()
+        .iter()
+        .flat_map(|s| s.receivers.iter().map(|r| r.rate_bps).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(rates.len(), 4);
+    assert!(rates.iter().all(|r| *r == 125_000_000 / 4), "{rates:?}");
+}

@@ -641,23 +641,42 @@ async fn timer_task(state: Rc<RefCell<State>>, watchdog: Arc<Watchdog>, index: u
 /// Logs the shards' send counters every [`STATS_LOG_INTERVAL`] while they move.
 async fn stats_task(shards: Vec<Arc<crate::shard::ShardStats>>) {
     let mut last = (0u64, 0u64);
+    let mut last_second = 0u64;
+    let mut ticks = 0u64;
+    let ticks_per_log = STATS_LOG_INTERVAL.as_secs().max(1);
     loop {
-        tokio::time::sleep(STATS_LOG_INTERVAL).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ticks += 1;
         let sum = |f: fn(&crate::shard::ShardStats) -> &AtomicU64| -> u64 {
             shards.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
         };
         let packets = sum(|s| &s.packets);
         let bytes = sum(|s| &s.bytes);
+        let receivers = sum(|s| &s.live_receivers);
+        if bytes != last_second {
+            // Per-second egress (UDP payload bits), for measuring `--max-rate` accuracy.
+            tracing::debug!(
+                rate_bps = (bytes - last_second) * 8,
+                receivers,
+                "egress second"
+            );
+            last_second = bytes;
+        }
+        if ticks % ticks_per_log != 0 {
+            continue;
+        }
         if (packets, bytes) != last {
-            let rate_bps = (bytes - last.1) * 8 / STATS_LOG_INTERVAL.as_secs();
+            let rate_bps = (bytes - last.1) * 8 / ticks_per_log;
             tracing::info!(
                 packets,
                 bytes,
                 rate_bps,
                 batches = sum(|s| &s.batches),
                 sessions = sum(|s| &s.live_sessions),
-                receivers = sum(|s| &s.live_receivers),
+                receivers,
                 send_errors = sum(|s| &s.send_errors),
+                window_shut = sum(|s| &s.window_shut),
+                window_lost = sum(|s| &s.window_lost),
                 "data plane"
             );
             last = (packets, bytes);

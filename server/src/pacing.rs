@@ -25,9 +25,10 @@ use std::time::Duration;
 /// latency on a busy host (a shard woken 3 ms late after a 2 ms window lost 60 % of its rate).
 pub const BURST_WINDOW: Duration = Duration::from_millis(8);
 
-/// Burst tolerance of the server-wide [`EgressLimiter`]: tight, so the total egress stays near
-/// `--max-rate` over any few milliseconds.
-pub const EGRESS_TOLERANCE: Duration = Duration::from_millis(2);
+/// Burst tolerance of the server-wide [`EgressLimiter`]: the total egress stays near `--max-rate` over
+/// any ten milliseconds, and a shard woken a few milliseconds late (a busy host) catches up instead of
+/// losing that time (with 2 ms the total ran 5-10 % under the cap).
+pub const EGRESS_TOLERANCE: Duration = Duration::from_millis(6);
 
 const NANOS_PER_SEC: f64 = 1e9;
 
@@ -399,13 +400,14 @@ mod tests {
 
     #[test]
     fn egress_limiter_reports_the_wait() {
-        let limiter = EgressLimiter::new(8_000_000, DGRAM); // 1 byte/us, tolerance 2 ms
+        let limiter = EgressLimiter::new(8_000_000, DGRAM); // 1 byte/us
         let mut now = 0;
         let mut granted = 0;
         while limiter.try_acquire(now, 1000).is_ok() {
             granted += 1;
         }
-        assert_eq!(granted, 3); // 0, 1 ms, 2 ms of virtual time are within the 2 ms tolerance
+        // 0, 1 ms, ..., tolerance of virtual time are within the tolerance.
+        assert_eq!(granted, EGRESS_TOLERANCE.as_millis() + 1);
         let wait = limiter.try_acquire(now, 1000).unwrap_err();
         assert_eq!(wait, MS);
         now += wait;

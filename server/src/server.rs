@@ -19,6 +19,10 @@ use crate::notify::Watchdog;
 use crate::pacing::EgressLimiter;
 use crate::shard::{Shard, ShardError, ShardSettings, ShardStats};
 
+/// Percent of `--max-rate` handed out to receivers on top of it (the egress limiter enforces the cap
+/// on the total).
+pub const EGRESS_SHARE_HEADROOM_PERCENT: u32 = 25;
+
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -169,6 +173,9 @@ impl Server {
             session_idle_timeout: limits.session_idle_timeout,
             client_timeout: limits.client_heartbeat_timeout,
             max_rate_bps: settings.max_rate.map(|r| r.bits_per_sec()),
+            // The shards' egress limiter holds the total at the cap; the receivers' shares may add
+            // up to more, so that one receiver's pause is another's gain.
+            cap_headroom_percent: EGRESS_SHARE_HEADROOM_PERCENT,
             initial_rate_bps: pacing.initial_receiver_rate.bits_per_sec(),
             min_rate_bps: pacing.min_receiver_rate.bits_per_sec(),
             max_receiver_rate_bps: pacing
