@@ -662,7 +662,7 @@ async fn stats_task(shards: Vec<Arc<crate::shard::ShardStats>>) {
             );
             last_second = bytes;
         }
-        if ticks % ticks_per_log != 0 {
+        if !ticks.is_multiple_of(ticks_per_log) {
             continue;
         }
         if (packets, bytes) != last {
