@@ -2,7 +2,8 @@
 //! `ccfd-client`s, each on its own 127.78.1.x address, fetch a 12 MiB file together. Every output must
 //! match the file's digest, and at least one client must have received bytes from its peers (which
 //! means peer links, `AskCoop`, the shard's streams and the decoder's acceptance of `Origin::Peer`
-//! packets all worked) while its peers sent them.
+//! packets all worked) while its peers sent them. A fourth client with `--no-coop` fetches the same
+//! file at the same time from the server alone: it neither receives from peers nor sends to them.
 
 mod common;
 
@@ -24,12 +25,16 @@ fn three_cooperating_clients_get_the_file_and_share_packets() {
         "[coding]\nsegment-size = \"2MiB\"\n",
         &["--max-rate", "150mbit"],
     );
-    let clients: Vec<_> = (0..3)
+    let clients: Vec<_> = (0..4)
         .map(|i| {
             let out = scratch.out(&format!("c{i}.bin"));
             let bind = format!("127.78.1.{}", 10 + i);
             let mut args = get_args("swarm.bin", server.addr, &out, &bind);
-            args.extend(["--linger".to_string(), "2s".to_string()]);
+            if i == 3 {
+                args.push("--no-coop".to_string());
+            } else {
+                args.extend(["--linger".to_string(), "2s".to_string()]);
+            }
             let (proc, stdout, stderr) =
                 spawn_client(&strs(&args), scratch.work(), &format!("c{i}"));
             (out, proc, stdout, stderr)
@@ -55,6 +60,14 @@ fn three_cooperating_clients_get_the_file_and_share_packets() {
             summary.decode_overhead,
             summary.seconds
         );
+        if i == 3 {
+            assert_eq!(
+                summary.bytes_from_peers, 0,
+                "--no-coop client got peer packets"
+            );
+            assert_eq!(summary.bytes_to_peers, 0, "--no-coop client served peers");
+            continue;
+        }
         from_peers += summary.bytes_from_peers;
         to_peers += summary.bytes_to_peers;
     }
