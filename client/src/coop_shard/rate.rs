@@ -14,7 +14,7 @@
 //!   4. otherwise, while the loss stays under floor + [`LOSS_LOW_PPM`] and we actually use the
 //!      rate, *grows*: x1.5 per report while no ceiling is known (at most twice the receive rate);
 //!      once one is, quickly back to 95 % of it, then probing above it with an increment that
-//!      doubles with every clean report (1 %, 2 %, 4 %, ... of the ceiling), so a link that got
+//!      doubles with every clean report (1.5 %, 3 %, 6 %, ... of the ceiling), so a link that got
 //!      faster is found in a few reports while a known bottleneck is overrun by little.
 //!
 //!   The *loss floor* is the least loss of the last [`FLOOR_REPORTS`] reports (at most
@@ -256,10 +256,13 @@ impl RateController {
         if rate < near {
             return fast.min(near);
         }
-        // Probe above the ceiling: 1 %, 2 %, 4 % ... of it per clean report.
-        let step = (ceiling / 100).saturating_mul(1u64 << self.probe_step.min(20));
+        // Probe above the ceiling: 1.5 %, 3 %, 6 % ... of it (or of the rate, if larger: a ceiling
+        // set by a receiver that found our packets useless may be tiny) per clean report, at most
+        // x1.5.
+        let base = ceiling.max(rate) / 64;
+        let step = base.saturating_mul(1u64 << self.probe_step.min(20));
         self.probe_step += 1;
-        let probed = rate.saturating_add(step.max(MIN_RATE_BPS)).min(fast);
+        let probed = rate.saturating_add(step.max(MIN_RATE_BPS / 8)).min(fast);
         if probed > ceiling && receive > ceiling {
             // Clean above the old ceiling: the path got faster.
             self.ceiling_bps = Some(receive.min(rate));
@@ -444,6 +447,26 @@ mod tests {
             RateChange::Held
         );
         assert_eq!(c.rate_bps(), 100_000_000);
+    }
+
+    #[test]
+    fn recovers_from_a_receiver_that_found_us_useless() {
+        // The receiver reports the *useful* rate: 1 bit/s while our packets added nothing. Once
+        // they help again the rate is back up within about five seconds of 250 ms reports.
+        let mut c = RateController::new(100_000_000, 0);
+        let mut now = 250 * MS;
+        assert_eq!(c.on_report(&report(0, 0), now), RateChange::Ignored);
+        now += 250 * MS;
+        c.on_sent(3_125_000);
+        assert_eq!(c.on_report(&report(1, 0), now), RateChange::Settled);
+        assert_eq!(c.rate_bps(), MIN_RATE_BPS);
+        for _ in 0..20 {
+            let rate = c.rate_bps();
+            c.on_sent((rate / 8 / 4) as usize);
+            now += 250 * MS;
+            c.on_report(&report(rate, 0), now);
+        }
+        assert!(c.rate_bps() >= 100_000_000, "rate {}", c.rate_bps());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ccfd_proto::{
-    DataHeader, DataPacket, Origin, ReceiverStats, ServeSource, SessionKey, DATA_HEADER_LEN,
+    DataHeader, DataPacket, LinkId, Origin, ReceiverStats, ServeSource, SessionKey, DATA_HEADER_LEN,
 };
 use ccfd_ring::{max_datagrams, Ring, SendError, SocketId, MAX_SEGMENTS};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -33,6 +33,8 @@ const EXHAUSTED_WAIT: Duration = Duration::from_micros(200);
 const DRAIN_PER_TURN: usize = 8192;
 /// Most GSO batches one stream sends per turn (then the others get theirs).
 const BATCHES_PER_TURN: usize = 4;
+/// Peer links whose last stream rate is remembered.
+const LINK_RATES: usize = 1024;
 /// Encoders of complete segments kept while no stream uses them.
 const SPARE_CODERS: usize = 2;
 
@@ -96,6 +98,8 @@ struct Shard {
     built_tx: Sender<Built>,
     built_rx: Receiver<Built>,
     generations: u64,
+    /// The rate each peer link's last stream reached.
+    link_rates: BTreeMap<LinkId, u64>,
     output: OutputMap,
     /// The upload cap over all streams.
     total: Option<Pacer>,
@@ -129,6 +133,7 @@ pub(super) fn run(
         built_tx,
         built_rx,
         generations: 0,
+        link_rates: BTreeMap::new(),
         output,
         total,
         discarded: 0,
@@ -236,6 +241,7 @@ impl Shard {
                 if let Some(i) = self.streams.iter().position(|s| s.id == stream) {
                     let stopped = self.streams.swap_remove(i);
                     self.log_stop(&stopped, "stop");
+                    self.remember_rate(&stopped);
                     self.reshare(now);
                     self.drop_spare_coders();
                 }
@@ -284,6 +290,7 @@ impl Shard {
         if let Some(i) = self.streams.iter().position(|s| s.id == id) {
             let old = self.streams.swap_remove(i);
             self.log_stop(&old, "restarted");
+            self.remember_rate(&old);
             seq = old.seq;
         }
         let layout = match segment_layout(&self.setup.meta, segment) {
@@ -299,11 +306,17 @@ impl Shard {
             code.counter = u64::from(layout.source_count());
         }
         let min_burst = DataPacket::sealed_len(packet::max_len(&layout));
+        // A peer we served before resumes at the rate its last stream reached (at least a quarter
+        // of the initial rate: a stream's end, when nothing we send is useful any more, is no
+        // measure of the link); a new one starts at the initial rate or its share of the cap.
         let count = self.streams.len() as u64 + 1;
-        let initial = self
-            .setup
-            .upload_rate_bps
-            .map_or(INITIAL_RATE_BPS, |cap| INITIAL_RATE_BPS.min(cap / count));
+        let initial = match self.link_rates.get(&id.link) {
+            Some(&rate) => rate.max(INITIAL_RATE_BPS / 4),
+            None => self
+                .setup
+                .upload_rate_bps
+                .map_or(INITIAL_RATE_BPS, |cap| INITIAL_RATE_BPS.min(cap / count)),
+        };
         tracing::debug!(
             link = id.link.0,
             session = id.session.0,
@@ -368,6 +381,16 @@ impl Shard {
                 stream.pacer.set_rate(share.max(1), min_burst, now);
             }
         }
+    }
+
+    /// Remembers the rate a stream reached for the next stream on its link.
+    fn remember_rate(&mut self, stream: &ServeStream) {
+        if self.link_rates.len() >= LINK_RATES && !self.link_rates.contains_key(&stream.id.link) {
+            // Links are numbered in order: forget the oldest.
+            self.link_rates.pop_first();
+        }
+        self.link_rates
+            .insert(stream.id.link, stream.control.rate_bps());
     }
 
     fn log_stop(&self, stream: &ServeStream, why: &'static str) {
@@ -565,7 +588,7 @@ impl Shard {
                         stream.generation = b.generation;
                         stream.recoded = 0;
                     }
-                    if b.recoder.is_empty() || stream.recoded >= b.stored {
+                    if b.recoder.is_empty() || stream.recoded >= b.budget() {
                         return Ok(Batch::Starved);
                     }
                     buffer = Some(b)
@@ -590,7 +613,7 @@ impl Shard {
         let full = max.min((stream.pacer.burst_bytes() / dgram).max(1));
         let mut limit = max;
         if let Some(b) = &buffer {
-            let budget = b.stored - stream.recoded;
+            let budget = b.budget() - stream.recoded;
             if budget < full as u64 && budget != stream.waited_budget {
                 // The buffer is still filling: let a full batch's worth arrive (a budget that
                 // stopped growing over one poll is sent as it is).
