@@ -702,7 +702,10 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         if net.can_connect(server_addr) {
             break;
         }
-        if Instant::now() >= ready_by || lab::interrupted() {
+        if lab::interrupted() {
+            bail!("interrupted by a signal while waiting for ccfd-server to accept connections");
+        }
+        if Instant::now() >= ready_by {
             bail!(
                 "ccfd-server did not accept connections on {server_addr} within {:?}:\n{}",
                 SERVER_READY_TIMEOUT,
