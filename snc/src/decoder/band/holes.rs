@@ -133,34 +133,17 @@ fn solve_bits(
     let last = *holes.last().expect("non-empty");
     // Scatter form: once Y_q is known it is added to the pending sums of the columns its row
     // covers (`pending[p % 64]`, w <= 64), so column p just reads its sum. A by columns.
-    let mut pending = vec![0u64; 64 * cw];
-    let mut acol = vec![0u64; h * cw];
-    let mut z = vec![0u64; cw];
-    let mut hi = 0usize;
-    for p in 0..=last {
-        let slot = (p % 64) as usize * cw;
-        z.copy_from_slice(&pending[slot..slot + cw]);
-        pending[slot..slot + cw].fill(0);
-        for r in checks_of(layout, p) {
-            z[r as usize / 64] ^= 1 << (r % 64);
-        }
-        if pivots.get(p) {
-            let mut bits = rows[p as usize] & !1;
-            while bits != 0 {
-                let j = p + bits.trailing_zeros();
-                bits &= bits - 1;
-                let t = (j % 64) as usize * cw;
-                for (a, b) in pending[t..t + cw].iter_mut().zip(&z) {
-                    *a ^= b;
-                }
-            }
-        } else {
-            acol[hi * cw..][..cw].copy_from_slice(&z);
-            hi += 1;
-        }
-    }
-    debug_assert_eq!(hi, h);
-    drop(pending);
+    let acol = match cw {
+        1 => sweep_fixed::<1>(layout, rows, pivots, last, h),
+        2 => sweep_fixed::<2>(layout, rows, pivots, last, h),
+        3 => sweep_fixed::<3>(layout, rows, pivots, last, h),
+        4 => sweep_fixed::<4>(layout, rows, pivots, last, h),
+        5 => sweep_fixed::<5>(layout, rows, pivots, last, h),
+        6 => sweep_fixed::<6>(layout, rows, pivots, last, h),
+        7 => sweep_fixed::<7>(layout, rows, pivots, last, h),
+        8 => sweep_fixed::<8>(layout, rows, pivots, last, h),
+        _ => sweep_any(layout, rows, pivots, last, h, cw),
+    };
     // Rows of [A | I]: hw words of A then cw words of identity.
     let hw = h.div_ceil(64);
     let rw = hw + cw;
@@ -215,6 +198,80 @@ fn solve_bits(
         holes,
         combos: Combos::Bits { cw, words },
     }
+}
+
+/// The columns of `A` (`h` x `cw` words, hole order) for `cw` words per check vector.
+fn sweep_any(
+    layout: &Layout,
+    rows: &[u64],
+    pivots: &Pivots,
+    last: u32,
+    h: usize,
+    cw: usize,
+) -> Vec<u64> {
+    let mut pending = vec![0u64; 64 * cw];
+    let mut acol = vec![0u64; h * cw];
+    let mut z = vec![0u64; cw];
+    let mut hi = 0usize;
+    for p in 0..=last {
+        let slot = (p % 64) as usize * cw;
+        z.copy_from_slice(&pending[slot..slot + cw]);
+        pending[slot..slot + cw].fill(0);
+        for r in checks_of(layout, p) {
+            z[r as usize / 64] ^= 1 << (r % 64);
+        }
+        if pivots.get(p) {
+            let mut bits = rows[p as usize] & !1;
+            while bits != 0 {
+                let j = p + bits.trailing_zeros();
+                bits &= bits - 1;
+                let t = (j % 64) as usize * cw;
+                for (a, b) in pending[t..t + cw].iter_mut().zip(&z) {
+                    *a ^= b;
+                }
+            }
+        } else {
+            acol[hi * cw..][..cw].copy_from_slice(&z);
+            hi += 1;
+        }
+    }
+    debug_assert_eq!(hi, h);
+    acol
+}
+
+/// [`sweep_any`] with the vector width fixed at compile time (unrolled word loops).
+fn sweep_fixed<const CW: usize>(
+    layout: &Layout,
+    rows: &[u64],
+    pivots: &Pivots,
+    last: u32,
+    h: usize,
+) -> Vec<u64> {
+    let mut pending = [[0u64; CW]; 64];
+    let mut acol = vec![0u64; h * CW];
+    let mut hi = 0usize;
+    for p in 0..=last {
+        let mut z = std::mem::replace(&mut pending[(p % 64) as usize], [0; CW]);
+        for r in checks_of(layout, p) {
+            z[r as usize / 64] ^= 1 << (r % 64);
+        }
+        if pivots.get(p) {
+            let mut bits = rows[p as usize] & !1;
+            while bits != 0 {
+                let j = p + bits.trailing_zeros();
+                bits &= bits - 1;
+                let t = &mut pending[(j % 64) as usize];
+                for k in 0..CW {
+                    t[k] ^= z[k];
+                }
+            }
+        } else {
+            acol[hi * CW..][..CW].copy_from_slice(&z);
+            hi += 1;
+        }
+    }
+    debug_assert_eq!(hi, h);
+    acol
 }
 
 fn solve_bytes(
