@@ -26,7 +26,7 @@
 //!   (re)start (more could not carry more information) and never from an empty buffer.
 //! - Packets are sealed under the stream's key with `Origin::Peer`, the asker's session, the
 //!   segment and a per-stream `seq` from 0; up to 64 equal-size datagrams per GSO send.
-//! - Pacing: see [`rate`] (token bucket per stream with 4 ms bursts, receiver-driven controller
+//! - Pacing: see [`rate`] (token bucket per stream with 8 ms bursts, receiver-driven controller
 //!   starting at 100 Mbit/s or the cap's share, max-min fair split of `upload_rate_bps`, plus a
 //!   shard-wide bucket at the cap).
 //! - `Stop` ends a stream at once; `Exit` or a disconnected channel ends the thread with `Ok(())`.

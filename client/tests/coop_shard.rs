@@ -567,7 +567,7 @@ fn bare_loop(
     let dgram = DataPacket::sealed_len(payload_len);
     let mut fresh = Stream::new(98);
     let mut scratch = vec![0u8; packet::max_len(layout)];
-    let stored: Vec<Vec<u8>> = (0..4 * layout.column_count())
+    let stored: Vec<Vec<u8>> = (0..4096)
         .map(|_| {
             let n = encoder.write_next(&mut fresh, &mut scratch).unwrap();
             scratch[..n].to_vec()
@@ -629,10 +629,20 @@ const FEED_PPS: f64 = 40_000.0;
 fn send_rates() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.part");
-    let size = 4 * SEGMENT * 10; // ~3.75 MiB in 40 segments of 96 KiB
+    // One 64 MiB segment (default-like: the encoder's window walks a segment far beyond the
+    // caches, and the recoding budget, the rank, does not run out during the run).
+    let size = 64 << 20;
     let data = content(size, "rates");
     std::fs::write(&output, &data).unwrap();
-    let m = meta(size, false, FieldKind::Gf2);
+    let mut m = meta(SEGMENT, false, FieldKind::Gf2);
+    m.size = size as u64;
+    m.segment_size = size as u64;
+    m.code.segment_size = size as u64;
+    m.code.checks = ccfd_client::params::code_params(&m.code, size as u64)
+        .checks(None)
+        .validate()
+        .unwrap()
+        .check_count();
     let layout = segment_layout(&m, 0).unwrap();
     let window = Duration::from_millis(1500);
     let mut rows = Vec::new();
@@ -641,7 +651,7 @@ fn send_rates() {
         let mut recoder = snc::recoder::Recoder::new(&layout, 64 << 20);
         recoder.set_forward_systematic(false);
         {
-            let encoder = Encoder::new(&layout, &data[..SEGMENT]).unwrap();
+            let encoder = Encoder::new(&layout, &data).unwrap();
             let mut code = Stream::new(3);
             let mut buf = vec![0u8; packet::max_len(&layout)];
             for _ in 0..2 * layout.column_count() {
@@ -653,7 +663,7 @@ fn send_rates() {
         }
         let (bare, bare_cpu) = bare_loop(
             &layout,
-            &data[..SEGMENT],
+            &data,
             (source == ServeSource::Recode).then_some(&mut recoder),
             window,
         );
@@ -682,21 +692,14 @@ fn send_rates() {
             let queue = shard.queue.clone();
             let stop = Arc::clone(&stop);
             let m = m.clone();
-            let segment = data[..SEGMENT].to_vec();
+            let segment = data.clone();
             std::thread::spawn(move || {
                 let layout = segment_layout(&m, 0).unwrap();
                 let encoder = Encoder::new(&layout, &segment).unwrap();
                 let mut code = Stream::new(4);
                 let mut buf = vec![0u8; packet::max_len(&layout)];
-                let made: Vec<Vec<u8>> = (0..8 * layout.column_count())
-                    .map(|_| {
-                        let n = encoder.write_next(&mut code, &mut buf).unwrap();
-                        buf[..n].to_vec()
-                    })
-                    .collect();
                 let counters = Counters::default();
                 let started = Instant::now();
-                let mut next = made.iter().cycle();
                 let mut fed = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed)
                     && started.elapsed() < Duration::from_secs(30)
@@ -708,7 +711,8 @@ fn send_rates() {
                         continue;
                     }
                     fed += 1;
-                    let payload = next.next().unwrap().clone();
+                    let n = encoder.write_next(&mut code, &mut buf).unwrap();
+                    let payload = buf[..n].to_vec();
                     queue.offer(
                         VerifiedPacket {
                             segment: 0,

@@ -33,6 +33,9 @@ const EXHAUSTED_WAIT: Duration = Duration::from_micros(200);
 const DRAIN_PER_TURN: usize = 8192;
 /// Most GSO batches one stream sends per turn (then the others get theirs).
 const BATCHES_PER_TURN: usize = 4;
+/// Smallest burst of a stream's pacer, in datagrams (a late wake-up at a low rate still sends
+/// what it owes).
+const MIN_BURST_DATAGRAMS: usize = 4;
 /// Peer links whose last stream rate is remembered.
 const LINK_RATES: usize = 1024;
 /// Encoders of complete segments kept while no stream uses them.
@@ -305,7 +308,7 @@ impl Shard {
             // Peers never send systematic packets: the server's stream carries those.
             code.counter = u64::from(layout.source_count());
         }
-        let min_burst = DataPacket::sealed_len(packet::max_len(&layout));
+        let min_burst = MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&layout));
         // A peer we served before resumes at the rate its last stream reached (at least a quarter
         // of the initial rate: a stream's end, when nothing we send is useful any more, is no
         // measure of the link); a new one starts at the initial rate or its share of the cap.
@@ -377,7 +380,8 @@ impl Shard {
         let shares = fair_shares(self.setup.upload_rate_bps, &demands);
         for (stream, share) in self.streams.iter_mut().zip(shares) {
             if stream.pacer.rate_bps() != share.max(1) {
-                let min_burst = DataPacket::sealed_len(packet::max_len(&stream.layout));
+                let min_burst =
+                    MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&stream.layout));
                 stream.pacer.set_rate(share.max(1), min_burst, now);
             }
         }
