@@ -8,7 +8,7 @@
 //! - the **decoder thread** (the calling thread, pinned to a core) receives data packets on its UDP
 //!   socket through `ccfd-ring`, checks header, session and MAC, decodes straight into the mmapped
 //!   output (`PATH.part`), verifies each segment's BLAKE3 digest, records it in the resume record and
-//!   hands a copy of every verified packet to the cooperation queue ([`coop`]) of the future
+//!   hands a copy of every verified server packet to the cooperation queue ([`coop`]) of the
 //!   cooperation shard.
 //!
 //! [`get`] ties them together, [`control`] and [`connection`] are the control side, [`receiver`] the
@@ -16,10 +16,12 @@
 //! [`resume`] its resume record, [`stats`] the counters and the `--json` summary, [`progress`] the bar,
 //! [`exit`] the process exit codes and [`error`] the typed errors behind them.
 //!
-//! Cooperation (issue 5) slots in as a third thread: it pops [`coop::VerifiedPacket`]s from the queue
-//! the decoder fills (never blocking it), answers peers on a listener announced in Hello, and peers'
-//! packets arrive on the same data socket with `Origin::Peer` under the receiver's session key, so the
-//! decoder thread already accepts and counts them (`bytes_from_peers`).
+//! Cooperation (issue 5, on unless `--no-coop`) adds two threads: [`coop_control`] (`ccfd-coop`: peer
+//! TCP links driven by `ccfd_proto::Coop`, peer lists through the control thread, linger) and
+//! [`coop_shard`] (the pinned sender: recodes the segment being received from the packets the decoder
+//! queues, encodes completed segments from the output, paces every stream under the upload cap).
+//! Peers' packets arrive on the same data socket with `Origin::Peer` under the receiver's session key;
+//! the decoder thread counts them per source (`bytes_from_peers`, per-source heartbeats).
 pub mod cli;
 pub mod connection;
 pub mod control;

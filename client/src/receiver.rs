@@ -16,8 +16,9 @@
 //! Drops are counted by reason in [`Counters`]: malformed (bad header, wrong version, segment mismatch,
 //! rejected by the codec), bad MAC (right session, MAC fails), wrong session (a session this client never
 //! joined) and stale (a session this client already left, e.g. packets in flight after StopSegment).
-//! Every packet that passes the MAC and the codec's checks is copied to the cooperation queue
-//! ([`CoopQueue`]) unless it is full.
+//! Every packet from the server that passes the MAC and the codec's checks is copied to the
+//! cooperation queue ([`CoopQueue`]) unless it is full; peers' packets are not (one-hop relaying:
+//! recoding them again would echo them back to where they came from).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -397,7 +398,12 @@ fn receive(
                             );
                         }
                     }
-                    if coop.is_full() {
+                    // Only what the server sent us goes to the recoding buffer:
+                    // every cooperating client is one hop from the server, so relaying peers'
+                    // packets again would mostly echo information back to where it came from.
+                    if header.origin != Origin::Server {
+                        // Not for the recoding buffer.
+                    } else if coop.is_full() {
                         Counters::add(&counters.coop_dropped_full, 1);
                     } else {
                         coop.offer(
