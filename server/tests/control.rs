@@ -255,8 +255,10 @@ fn request_segment(ctl: &mut Ctl, name: &str, segment: u32, receive: SocketAddr)
     }
 }
 
-/// Receives until the segment decodes; returns (decoded bytes, valid packets, packets with a bad MAC).
-fn receive_segment(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
+/// Receives until the segment decodes, reporting progress every 20 ms like a client (the server's
+/// send window waits for reports when packets are lost in the socket buffer); returns (decoded
+/// bytes, valid packets).
+fn receive_segment(ctl: &mut Ctl, socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
     let params = ccfd_server::coder::snc_params_from_wire(&meta.code, meta.segment_len);
     let layout = params.validate().unwrap();
     let mut out = vec![0u8; meta.segment_len as usize];
@@ -264,11 +266,23 @@ fn receive_segment(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
     let mut buf = vec![0u8; 65536];
     let mut valid = 0u64;
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut heartbeat = Instant::now();
     while !decoder.is_complete() {
         assert!(
             Instant::now() < deadline,
             "segment not decoded in time ({valid} packets)"
         );
+        if heartbeat.elapsed() >= Duration::from_millis(20) {
+            heartbeat = Instant::now();
+            ctl.send(&Frame::Heartbeat {
+                session: meta.session,
+                stats: ReceiverStats {
+                    received_packets: valid,
+                    decoded_rank: decoder.rank(),
+                    ..ReceiverStats::default()
+                },
+            });
+        }
         let Ok(n) = socket.recv(&mut buf) else {
             continue;
         };
@@ -322,7 +336,7 @@ fn raw_udp_receiver(server_ip: &str, receiver_ip: &str, port_offset: u16, system
         );
         assert_eq!(meta.code.systematic, systematic);
         assert_eq!(meta.version, file.version);
-        let (decoded, valid) = receive_segment(&socket, &meta);
+        let (decoded, valid) = receive_segment(&mut ctl, &socket, &meta);
         let range = file.segment_range(segment).unwrap();
         assert_eq!(decoded, &data[range.start as usize..range.end as usize]);
         assert_eq!(
@@ -539,14 +553,20 @@ fn a_changed_file_restarts_its_sessions() {
     // A new request serves the new content.
     let new = request_segment(&mut ctl, "a.bin", 0, receive);
     assert_eq!(new.version, after.version);
-    let (decoded, _) = receive_segment_skipping(&socket, &new);
+    let (decoded, _) = receive_segment_skipping(&mut ctl, &socket, &new);
     let range = after.segment_range(0).unwrap();
     assert_eq!(decoded, &new_data[range.start as usize..range.end as usize]);
     server.shutdown();
 }
 
-/// Like `receive_segment`, ignoring packets of other (ended) sessions still in flight.
-fn receive_segment_skipping(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>, u64) {
+/// Like `receive_segment`, ignoring packets of other (ended) sessions still in flight, and reporting
+/// progress every 20 ms like a client (the server's send window waits for reports: packets lost in
+/// the socket buffer to the old session's flood would otherwise shut it).
+fn receive_segment_skipping(
+    ctl: &mut Ctl,
+    socket: &UdpSocket,
+    meta: &SessionMeta,
+) -> (Vec<u8>, u64) {
     let layout = ccfd_server::coder::snc_params_from_wire(&meta.code, meta.segment_len)
         .validate()
         .unwrap();
@@ -555,8 +575,20 @@ fn receive_segment_skipping(socket: &UdpSocket, meta: &SessionMeta) -> (Vec<u8>,
     let mut buf = vec![0u8; 65536];
     let mut valid = 0u64;
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut heartbeat = Instant::now();
     while !decoder.is_complete() {
         assert!(Instant::now() < deadline, "not decoded in time");
+        if heartbeat.elapsed() >= Duration::from_millis(20) {
+            heartbeat = Instant::now();
+            ctl.send(&Frame::Heartbeat {
+                session: meta.session,
+                stats: ReceiverStats {
+                    received_packets: valid,
+                    decoded_rank: decoder.rank(),
+                    ..ReceiverStats::default()
+                },
+            });
+        }
         let Ok(n) = socket.recv(&mut buf) else {
             continue;
         };
