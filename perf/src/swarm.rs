@@ -97,6 +97,10 @@ pub struct SwarmArgs {
     /// none on loopback.
     #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
     server_max_rate: Option<u64>,
+    /// A TOML settings file for the server (`ccfd-server --config`), e.g. to compare coding
+    /// settings; the swarm's own --root/--listen/--udp-base/--max-rate still apply on top.
+    #[arg(long, value_name = "FILE")]
+    server_config: Option<PathBuf>,
     /// Run in the network-namespace lab even without --rate/--loss (no shaping), e.g. to read the
     /// server's egress from its veth counter.
     #[arg(long)]
@@ -688,6 +692,9 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     let server_max_rate = args.server_max_rate.or(args.rate);
     if let Some(rate) = server_max_rate {
         command.arg("--max-rate").arg(format!("{rate}bit"));
+    }
+    if let Some(config) = &args.server_config {
+        command.arg("--config").arg(config);
     }
     let mut server = Proc::spawn("ccfd-server".into(), command, t_start)?;
     let ready_by = (t_start + SERVER_READY_TIMEOUT).min(deadline);

@@ -27,7 +27,7 @@
 //! field = "gf2"          # or "gf256"
 //! subgen-size = 64
 //! stride = 16
-//! systematic = true
+//! systematic = false   # true: source symbols first (lone receivers on clean paths)
 //! # checks = 300         # default: the codec's rule (about 1% of the source packets)
 //!
 //! [pacing]
@@ -274,9 +274,12 @@ impl Default for CodingSettings {
             subgen_size: snc::params::DEFAULT_SUBGEN_SIZE,
             stride: snc::params::DEFAULT_STRIDE,
             checks: None,
-            // Source symbols first: on a clean path the receiver decodes from copies (no XOR work, no
-            // overhead); coded packets repair losses after the first K.
-            systematic: true,
+            // Coded from the first packet: every receiver's stream is independent, so cooperating
+            // clients hold different information and their recoded packets help each other (with
+            // source symbols first, 4 clients in the 200 Mbit/s lab took 4.50 x T_min and the server
+            // sent 3.83 copies; coded: 2.75 x T_min, 2.30 copies). `systematic = true` suits lone
+            // receivers on clean paths (decoding from copies costs no XOR work).
+            systematic: false,
         }
     }
 }
