@@ -255,6 +255,28 @@ fn request_segment(ctl: &mut Ctl, name: &str, segment: u32, receive: SocketAddr)
     }
 }
 
+/// Sends a progress heartbeat (packets received, rank) when 20 ms have passed since the last one,
+/// as a client does while receiving.
+fn report_progress(
+    ctl: &mut Ctl,
+    meta: &SessionMeta,
+    last: &mut Instant,
+    received_packets: u64,
+    rank: u32,
+) {
+    if last.elapsed() >= Duration::from_millis(20) {
+        *last = Instant::now();
+        ctl.send(&Frame::Heartbeat {
+            session: meta.session,
+            stats: ReceiverStats {
+                received_packets,
+                decoded_rank: rank,
+                ..ReceiverStats::default()
+            },
+        });
+    }
+}
+
 /// Receives until the segment decodes, reporting progress every 20 ms like a client (the server's
 /// send window waits for reports when packets are lost in the socket buffer); returns (decoded
 /// bytes, valid packets).
@@ -272,17 +294,7 @@ fn receive_segment(ctl: &mut Ctl, socket: &UdpSocket, meta: &SessionMeta) -> (Ve
             Instant::now() < deadline,
             "segment not decoded in time ({valid} packets)"
         );
-        if heartbeat.elapsed() >= Duration::from_millis(20) {
-            heartbeat = Instant::now();
-            ctl.send(&Frame::Heartbeat {
-                session: meta.session,
-                stats: ReceiverStats {
-                    received_packets: valid,
-                    decoded_rank: decoder.rank(),
-                    ..ReceiverStats::default()
-                },
-            });
-        }
+        report_progress(ctl, meta, &mut heartbeat, valid, decoder.rank());
         let Ok(n) = socket.recv(&mut buf) else {
             continue;
         };
@@ -578,17 +590,7 @@ fn receive_segment_skipping(
     let mut heartbeat = Instant::now();
     while !decoder.is_complete() {
         assert!(Instant::now() < deadline, "not decoded in time");
-        if heartbeat.elapsed() >= Duration::from_millis(20) {
-            heartbeat = Instant::now();
-            ctl.send(&Frame::Heartbeat {
-                session: meta.session,
-                stats: ReceiverStats {
-                    received_packets: valid,
-                    decoded_rank: decoder.rank(),
-                    ..ReceiverStats::default()
-                },
-            });
-        }
+        report_progress(ctl, meta, &mut heartbeat, valid, decoder.rank());
         let Ok(n) = socket.recv(&mut buf) else {
             continue;
         };
