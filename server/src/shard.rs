@@ -8,8 +8,14 @@
 //!   `bind_ip:data_port`; carries the snc encoder over the mapped segment, built by the control plane
 //!   off the shard), `AddReceiver`/`SetRate`/`RemoveReceiver`, `End` (closes the socket, drops the
 //!   encoder and with it its hold on the mapping).
-//! - Each receiver has its own snc [`Stream`] (a fresh random key, so its packets are distinct from every
-//!   other receiver's) and its own [`TokenBucket`] at the rate the session table gave it; the shard also
+//! - Packets (see [`pool`]): a systematic session hands out its `K` source symbols once across all its
+//!   receivers (the shared pool, in the encoder's interleaved order: each next symbol goes to the
+//!   receiver whose batch is being filled, so receivers present together get disjoint symbols and
+//!   cooperating peers have something to give each other); once it is exhausted (at once for
+//!   non-systematic sessions), each receiver gets coded packets of its own snc
+//!   [`Stream`](snc::encoder::Stream) (a fresh random key, so they are distinct from every other
+//!   receiver's). The header's `seq` counts the packets sent to that receiver.
+//! - Each receiver has its own [`TokenBucket`] at the rate the session table gave it; the shard also
 //!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A receiver's
 //!   [`SendWindow`] (fed by `Progress`, the receiver's reported packets and rank) keeps the packets in
 //!   flight under what it still needs: a receiver whose window is shut gets nothing until its next
@@ -30,11 +36,14 @@ use ccfd_proto::{
 };
 use ccfd_ring::{max_datagrams, Ring, RingConfig, SendError, SocketConfig, SocketId, Waker};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use snc::encoder::Stream;
 
 use crate::coder::SessionCoder;
 use crate::notify::Watchdog;
 use crate::pacing::{batch_datagrams, EgressLimiter, SendWindow, TokenBucket};
+
+pub mod pool;
+
+use pool::{ReceiverStream, SystematicPool};
 
 /// Capacity of each shard's command queue.
 pub const QUEUE_CAPACITY: usize = 4096;
@@ -131,6 +140,8 @@ pub struct ShardStats {
     pub window_shut: AtomicU64,
     /// Packets the send windows counted as lost (in flight, never reported received).
     pub window_lost: AtomicU64,
+    /// Source symbols handed out from the sessions' systematic pools (part of `packets`).
+    pub pooled: AtomicU64,
 }
 
 /// Static settings of a shard.
@@ -284,7 +295,7 @@ struct ShardReceiver {
     client: ClientId,
     addr: SocketAddr,
     bucket: TokenBucket,
-    stream: Stream,
+    stream: ReceiverStream,
     window: SendWindow,
 }
 
@@ -293,6 +304,7 @@ struct ShardSession {
     key: SessionKey,
     socket: SocketId,
     coder: SessionCoder,
+    pool: SystematicPool,
     receivers: Vec<ShardReceiver>,
     started_ns: u64,
     packets: u64,
@@ -422,7 +434,7 @@ impl ShardLoop {
                     client,
                     addr,
                     bucket: TokenBucket::new(rate_bps, dgram, now),
-                    stream: Stream::new(key),
+                    stream: ReceiverStream::new(key),
                     window: SendWindow::new(needed),
                 });
                 self.stats.live_receivers.fetch_add(1, Ordering::Relaxed);
@@ -468,11 +480,13 @@ impl ShardLoop {
             ShardMsg::RemoveReceiver { session, client } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let before = s.receivers.len();
-                    let (sent, window_lost) = s
+                    let (sent, pooled, window_lost) = s
                         .receivers
                         .iter()
                         .find(|r| r.client == client)
-                        .map_or((0, 0), |r| (r.stream.counter, r.window.lost()));
+                        .map_or((0, 0, 0), |r| {
+                            (r.stream.sent(), r.stream.pooled(), r.window.lost())
+                        });
                     s.receivers.retain(|r| r.client != client);
                     let removed = (before - s.receivers.len()) as u64;
                     let elapsed_ms = now.saturating_sub(s.started_ns) / 1_000_000;
@@ -481,6 +495,8 @@ impl ShardLoop {
                         client = client.0,
                         packets = s.packets,
                         sent,
+                        pooled,
+                        pool_left = s.pool.remaining(),
                         window_lost,
                         elapsed_ms,
                         "receiver removed"
@@ -532,7 +548,15 @@ impl ShardLoop {
         };
         self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
         self.stats.live_sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(session = session.0, file = %name, segment, %bind, "session started");
+        let pool = SystematicPool::new(coder.encoder().layout(), self.next_stream_key());
+        tracing::info!(
+            session = session.0,
+            file = %name,
+            segment,
+            %bind,
+            pool = pool.remaining(),
+            "session started"
+        );
         self.sessions.insert(
             session,
             ShardSession {
@@ -540,6 +564,7 @@ impl ShardLoop {
                 key,
                 socket,
                 coder,
+                pool,
                 receivers: Vec::new(),
                 started_ns: self.now_ns(),
                 packets: 0,
@@ -560,6 +585,7 @@ impl ShardLoop {
             tracing::info!(
                 session = session.0,
                 packets = s.packets,
+                pooled = s.pool.handed(),
                 elapsed_ms,
                 "session ended"
             );
@@ -634,11 +660,12 @@ fn send_batch(
     stats: &ShardStats,
 ) -> BatchOutcome {
     let encoder = session.coder.encoder();
+    let pool = &mut session.pool;
     let receiver = &mut session.receivers[r];
-    let Some(first) = encoder.plan(&receiver.stream, receiver.stream.counter) else {
+    let Some(first) = receiver.stream.peek(pool, encoder) else {
         return BatchOutcome::Idle;
     };
-    let payload_len = encoder.packet_len(&first);
+    let payload_len = encoder.packet_len(&first.plan);
     let dgram = DataPacket::sealed_len(payload_len);
     let allowed = usize::try_from(receiver.window.allowance()).unwrap_or(usize::MAX);
     if allowed == 0 {
@@ -670,31 +697,32 @@ fn send_batch(
         }
     };
     let mut sent = 0usize;
+    let mut pooled = 0u64;
     let mut failed = false;
     while sent < n && !buffer.is_full() {
-        let counter = receiver.stream.counter;
-        let Some(plan) = encoder.plan(&receiver.stream, counter) else {
+        let Some(next) = receiver.stream.peek(pool, encoder) else {
             break;
         };
-        if encoder.packet_len(&plan) != payload_len {
-            break; // systematic → coded switch: the next batch has the other size
+        if encoder.packet_len(&next.plan) != payload_len {
+            break; // pool → coded switch: the next batch has the other size
         }
         let header = DataHeader {
             origin: Origin::Server,
             session: id,
             segment: session.segment,
-            seq: counter as u32,
+            seq: receiver.stream.seq(),
         };
         let key = &session.key;
         let written = buffer.push_with(|buf| {
-            let Ok(len) = encoder.write(&plan, &mut buf[DATA_HEADER_LEN..]) else {
+            let Ok(len) = encoder.write(&next.plan, &mut buf[DATA_HEADER_LEN..]) else {
                 return 0;
             };
             DataPacket::seal_in_place(key, &header, buf, len).unwrap_or(0)
         });
         match written {
             Ok(len) if len == dgram => {
-                receiver.stream.counter += 1;
+                receiver.stream.advance(pool, &next);
+                pooled += u64::from(next.pooled);
                 sent += 1;
             }
             _ => {
@@ -716,6 +744,7 @@ fn send_batch(
     receiver.window.on_sent(sent as u64);
     session.packets += sent as u64;
     stats.packets.fetch_add(sent as u64, Ordering::Relaxed);
+    stats.pooled.fetch_add(pooled, Ordering::Relaxed);
     stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     BatchOutcome::Sent
