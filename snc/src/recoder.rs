@@ -27,6 +27,25 @@
 //!     many of the best, so its scattered held symbols come from cache after the first packet;
 //!   - `None` if nothing is held.
 //!
+//! * Arrival-driven relaying (one hop: every packet in the buffer came from the source). Every
+//!   stored packet gets an *arrival stamp*, `0, 1, 2, ...` in the order [`Recoder::push`] stored
+//!   them ([`Recoder::arrivals`] = stamps issued so far; a duplicate systematic packet gets none).
+//!   A sender keeps its own cursor per receiver and, for each stamp once,
+//!   calls [`Recoder::recode_arrival`]:
+//!   - a systematic arrival is forwarded as it is (its own index and payload, byte for byte);
+//!   - a coded or recoded arrival of subgeneration `g` becomes one recoded packet of `g`: the
+//!     arrival with a nonzero coefficient (1 in GF(2)) plus up to [`ARRIVAL_MIX`]
+//!     ([`Recoder::set_arrival_mix`]) other held packets of `g` (systematic ones inside its
+//!     window included) with random nonzero coefficients. A receiver that never saw the arrival
+//!     finds it innovative exactly as often as the source's packet itself (the added packets
+//!     are only a shift inside `g`'s span), and the few extra packets keep it a real recoding
+//!     while costing `ARRIVAL_MIX + 1` symbol reads instead of `g`'s whole span;
+//!   - `None` when that arrival is no longer held (evicted by the memory limit, replaced inside
+//!     its subgeneration) or `out` is too short: the sender skips it
+//!     ([`Recoder::next_arrival`] finds the next held stamp).
+//!
+//!   Arrival recoding never changes the MLPI state: the two modes can share a buffer.
+//!
 //! Scheduling is `O(log G)` per packet (a max segment tree over the scores); a GF(2) recoded
 //! packet is one fused `xor_multi` over the selected held symbols.
 
@@ -65,6 +84,17 @@ const NO_SCORE: i64 = i64::MIN;
 // recoded stream's overhead (4 MiB, 8 seeds) is 1.041 mean vs 1.031 (burst 2: 1.035, ~1.1x).
 pub const RECODE_BURST: u32 = 4;
 
+/// Default of [`Recoder::set_arrival_mix`]: held packets of the subgeneration added to a coded
+/// arrival in [`Recoder::recode_arrival`].
+pub const ARRIVAL_MIX: usize = 4;
+
+/// Members of one subgeneration: `(slot, local position)`, the position `u32::MAX` for coded
+/// packets (their coefficient vector is stored).
+type Members = [(u32, u32); 2 * MAX_SUBGEN_SIZE as usize];
+/// Packets picked for one combination: `(slot, local position, coefficient)` (the coefficient is
+/// ignored in GF(2): always 1).
+type Picks = [(u32, u32, u8); 2 * MAX_SUBGEN_SIZE as usize];
+
 /// Bounded recoding buffer of one segment.
 #[derive(Debug)]
 pub struct Recoder {
@@ -96,6 +126,7 @@ pub struct Recoder {
     /// The subgeneration of the current burst and the packets it may still make.
     burst: Option<(u32, u32)>,
     max_burst: u32,
+    arrival_mix: usize,
 }
 
 impl Recoder {
@@ -146,6 +177,7 @@ impl Recoder {
             used: 0,
             burst: None,
             max_burst: RECODE_BURST,
+            arrival_mix: ARRIVAL_MIX,
         }
     }
 
@@ -154,6 +186,102 @@ impl Recoder {
     pub fn set_burst(&mut self, packets: u32) {
         self.max_burst = packets.max(1);
         self.burst = None;
+    }
+
+    /// Other held packets [`Recoder::recode_arrival`] adds to a coded arrival ([`ARRIVAL_MIX`]
+    /// by default; 0 sends the arrival alone, in the recoded form).
+    pub fn set_arrival_mix(&mut self, packets: usize) {
+        self.arrival_mix = packets.min(2 * MAX_SUBGEN_SIZE as usize - 1);
+    }
+
+    /// Arrival stamps issued so far: the stored packets are stamped `0..arrivals()` in the
+    /// order they were stored (some may be gone since).
+    pub fn arrivals(&self) -> u64 {
+        self.next_stamp
+    }
+
+    /// The slot holding arrival `stamp`, if it is still held.
+    fn held_slot(&self, stamp: u64) -> Option<u32> {
+        let i = self.arrivals.partition_point(|&(_, st)| st < stamp);
+        let &(slot, st) = self.arrivals.get(i)?;
+        (st == stamp && self.is_held(slot, st)).then_some(slot)
+    }
+
+    fn is_held(&self, slot: u32, stamp: u64) -> bool {
+        self.owner[slot as usize] != Owner::Free && self.stamp[slot as usize] == stamp
+    }
+
+    /// The first arrival at or after `from` that is still held (`None`: none yet).
+    pub fn next_arrival(&self, from: u64) -> Option<u64> {
+        let i = self.arrivals.partition_point(|&(_, st)| st < from);
+        self.arrivals
+            .range(i..)
+            .find(|&&(slot, st)| self.is_held(slot, st))
+            .map(|&(_, st)| st)
+    }
+
+    /// The form [`Recoder::recode_arrival`] gives arrival `stamp` (systematic: forwarded as
+    /// it is; else recoded), if it is still held.
+    pub fn arrival_kind(&self, stamp: u64) -> Option<PacketKind> {
+        match self.owner[self.held_slot(stamp)? as usize] {
+            Owner::Systematic(_) => Some(PacketKind::Systematic),
+            Owner::Subgen(_) => Some(PacketKind::Recoded),
+            Owner::Free => None,
+        }
+    }
+
+    /// Writes the packet of arrival `stamp` into `out` and returns its length: a systematic
+    /// arrival forwarded as it is, a coded one as a recoded packet of its subgeneration that
+    /// includes it (see the module doc). `None` if that arrival is no longer held or `out` is
+    /// shorter than the packet.
+    pub fn recode_arrival(&self, stamp: u64, rng: &mut Prng, out: &mut [u8]) -> Option<usize> {
+        let slot = self.held_slot(stamp)?;
+        match self.owner[slot as usize] {
+            Owner::Systematic(index) => {
+                let len = packet::len(&self.layout, PacketKind::Systematic);
+                if out.len() < len {
+                    return None;
+                }
+                let sym =
+                    packet::write_header(&self.layout, &Header::Systematic { index }, out).ok()?;
+                let s = self.s;
+                sym[..s].copy_from_slice(&self.symbols[slot as usize * s..(slot as usize + 1) * s]);
+                Some(len)
+            }
+            Owner::Subgen(g) => {
+                if out.len() < packet::len(&self.layout, PacketKind::Recoded) {
+                    return None;
+                }
+                let gf256 = self.layout.field() == Field::Gf256;
+                let coefficient = |rng: &mut Prng| {
+                    if gf256 {
+                        1 + rng.below(255) as u8
+                    } else {
+                        1
+                    }
+                };
+                let mut members: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
+                let m = self.members(g, &mut members);
+                let mut picks: Picks = [(0, 0, 0); 2 * MAX_SUBGEN_SIZE as usize];
+                picks[0] = (slot, u32::MAX, coefficient(rng));
+                // The others: a partial Fisher-Yates shuffle of the members but the arrival.
+                let mut others: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
+                let mut o = 0;
+                for &member in members[..m].iter().filter(|&&(sl, _)| sl != slot) {
+                    others[o] = member;
+                    o += 1;
+                }
+                let take = self.arrival_mix.min(o);
+                for k in 0..take {
+                    let j = k + rng.below((o - k) as u64) as usize;
+                    others.swap(k, j);
+                    let (sl, pos) = others[k];
+                    picks[k + 1] = (sl, pos, coefficient(rng));
+                }
+                Some(self.emit(g, &picks[..take + 1], out))
+            }
+            Owner::Free => None,
+        }
     }
 
     /// Whether systematic packets are forwarded uncoded before recoding (default on).
@@ -421,20 +549,15 @@ impl Recoder {
         count
     }
 
-    /// Writes a random combination of subgeneration `g`'s held packets into `out`.
-    fn combine(&self, g: u32, rng: &mut Prng, out: &mut [u8]) -> usize {
-        let (s, u, w) = (self.s, self.vec_units, self.w);
-        let layout = &self.layout;
-        let cols = layout.subgen_columns(g);
-        // Members: (slot, local position for systematic packets).
-        let mut members: [(u32, u32); 2 * MAX_SUBGEN_SIZE as usize] =
-            [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
+    /// Subgeneration `g`'s held packets (coded ones first, then systematic ones inside its
+    /// window at their local position) into `members`; returns how many.
+    fn members(&self, g: u32, members: &mut Members) -> usize {
         let mut m = 0;
         for &slot in &self.per_subgen[g as usize] {
             members[m] = (slot, u32::MAX);
             m += 1;
         }
-        match cols {
+        match self.layout.subgen_columns(g) {
             SubgenColumns::Range { first, len } => {
                 for (&index, &slot) in self.systematic.range(first..first + len) {
                     members[m] = (slot, index - first);
@@ -450,7 +573,56 @@ impl Recoder {
                 }
             }
         }
-        let members = &members[..m];
+        m
+    }
+
+    /// Writes a random combination of subgeneration `g`'s held packets into `out`.
+    fn combine(&self, g: u32, rng: &mut Prng, out: &mut [u8]) -> usize {
+        let mut members: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
+        let m = self.members(g, &mut members);
+        let mut picks: Picks = [(0, 0, 0); 2 * MAX_SUBGEN_SIZE as usize];
+        let mut n = 0;
+        match self.layout.field() {
+            Field::Gf2 => {
+                let mut bits = 0u64;
+                for (i, &(slot, pos)) in members[..m].iter().enumerate() {
+                    if i % 64 == 0 {
+                        bits = rng.next_u64();
+                        if i == 0 && bits == 0 {
+                            bits = 1;
+                        }
+                    }
+                    if bits >> (i % 64) & 1 != 0 {
+                        picks[n] = (slot, pos, 1);
+                        n += 1;
+                    }
+                }
+            }
+            Field::Gf256 => {
+                let mut word = [0u8; 8];
+                for (i, &(slot, pos)) in members[..m].iter().enumerate() {
+                    if i % 8 == 0 {
+                        word = rng.next_u64().to_le_bytes();
+                        if i == 0 && word[0] == 0 {
+                            word[0] = 1;
+                        }
+                    }
+                    let beta = word[i % 8];
+                    if beta != 0 {
+                        picks[n] = (slot, pos, beta);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        self.emit(g, &picks[..n], out)
+    }
+
+    /// Writes the recoded packet `sum(coefficient * packet)` over `picks` (all of subgeneration
+    /// `g`) into `out` (at least the recoded length) and returns its length.
+    fn emit(&self, g: u32, picks: &[(u32, u32, u8)], out: &mut [u8]) -> usize {
+        let (s, u, w) = (self.s, self.vec_units, self.w);
+        let layout = &self.layout;
         let vlen = packet::vector_len(layout);
         let header_len = packet::HEADER_LEN;
         let (head, rest) = out.split_at_mut(header_len);
@@ -462,18 +634,7 @@ impl Recoder {
                 let mut vec = [0u64; MAX_SUBGEN_SIZE as usize / 64];
                 let mut srcs: [&[u8]; 2 * MAX_SUBGEN_SIZE as usize] =
                     [&[]; 2 * MAX_SUBGEN_SIZE as usize];
-                let mut n = 0;
-                let mut bits = 0u64;
-                for (i, &(slot, pos)) in members.iter().enumerate() {
-                    if i % 64 == 0 {
-                        bits = rng.next_u64();
-                        if i == 0 && bits == 0 {
-                            bits = 1;
-                        }
-                    }
-                    if bits >> (i % 64) & 1 == 0 {
-                        continue;
-                    }
+                for (k, &(slot, pos, _)) in picks.iter().enumerate() {
                     let slot = slot as usize;
                     if pos == u32::MAX {
                         for (a, b) in vec.iter_mut().zip(&self.vec_bits[slot * u..(slot + 1) * u]) {
@@ -482,29 +643,16 @@ impl Recoder {
                     } else {
                         vec[pos as usize / 64] ^= 1 << (pos % 64);
                     }
-                    srcs[n] = &self.symbols[slot * s..(slot + 1) * s];
-                    n += 1;
+                    srcs[k] = &self.symbols[slot * s..(slot + 1) * s];
                 }
-                self.kernel.xor_multi(sym, &srcs[..n]);
+                self.kernel.xor_multi(sym, &srcs[..picks.len()]);
                 gf2_to_wire(&vec, w, wire);
             }
             Field::Gf256 => {
                 wire.fill(0);
                 let mut srcs: [(&[u8], u8); 2 * MAX_SUBGEN_SIZE as usize] =
                     [(&[], 0); 2 * MAX_SUBGEN_SIZE as usize];
-                let mut n = 0;
-                let mut word = [0u8; 8];
-                for (i, &(slot, pos)) in members.iter().enumerate() {
-                    if i % 8 == 0 {
-                        word = rng.next_u64().to_le_bytes();
-                        if i == 0 && word[0] == 0 {
-                            word[0] = 1;
-                        }
-                    }
-                    let beta = word[i % 8];
-                    if beta == 0 {
-                        continue;
-                    }
+                for (k, &(slot, pos, beta)) in picks.iter().enumerate() {
                     let slot = slot as usize;
                     if pos == u32::MAX {
                         self.kernel
@@ -512,10 +660,9 @@ impl Recoder {
                     } else {
                         wire[pos as usize] ^= beta;
                     }
-                    srcs[n] = (&self.symbols[slot * s..(slot + 1) * s], beta);
-                    n += 1;
+                    srcs[k] = (&self.symbols[slot * s..(slot + 1) * s], beta);
                 }
-                self.kernel.mul_add_multi(sym, &srcs[..n]);
+                self.kernel.mul_add_multi(sym, &srcs[..picks.len()]);
             }
         }
         // Header last: the vector and symbol are already in place.
@@ -568,6 +715,162 @@ mod tests {
             packet::parse(&l, &buf[..n]).unwrap().header,
             Header::Recoded { .. }
         ));
+    }
+
+    /// Systematic layout of 40 symbols of 10 bytes: the first 40 packets of a stream are the
+    /// source symbols, the rest coded.
+    fn arrival_setup(field: Field) -> (Layout, Vec<u8>) {
+        let l = CodeParams::new(400)
+            .symbol_size(10)
+            .field(field)
+            .systematic(true)
+            .validate()
+            .unwrap();
+        let data: Vec<u8> = (0..400u32).map(|i| (i * 7 + 1) as u8).collect();
+        (l, data)
+    }
+
+    #[test]
+    fn arrivals_are_forwarded_or_recoded_in_their_subgeneration() {
+        for field in [Field::Gf2, Field::Gf256] {
+            let (l, data) = arrival_setup(field);
+            let e = Encoder::new(&l, &data).unwrap();
+            let mut r = Recoder::new(&l, 1 << 20);
+            r.set_arrival_mix(0);
+            let mut s = Stream::new(1);
+            let mut buf = vec![0u8; packet::max_len(&l)];
+            let mut sent = Vec::new();
+            // Every other packet of the stream: a share, as a server pool hands out.
+            for i in 0..2 * l.source_count() + 40 {
+                let n = e.write_next(&mut s, &mut buf).unwrap();
+                if i % 2 == 0 {
+                    let v = packet::parse(&l, &buf[..n]).unwrap();
+                    assert_eq!(r.push(&v).unwrap(), RecoderPush::Stored);
+                    if let Header::Systematic { .. } = v.header {
+                        assert_eq!(r.push(&v).unwrap(), RecoderPush::Duplicate);
+                    }
+                    sent.push(buf[..n].to_vec());
+                }
+            }
+            assert_eq!(r.arrivals(), sent.len() as u64, "duplicates get no stamp");
+            let mut rng = Prng::new(3);
+            let mut out = vec![0u8; packet::max_len(&l)];
+            for (stamp, original) in sent.iter().enumerate() {
+                let stamp = stamp as u64;
+                let n = r.recode_arrival(stamp, &mut rng, &mut out).unwrap();
+                let theirs = packet::parse(&l, original).unwrap();
+                let ours = packet::parse(&l, &out[..n]).unwrap();
+                match (theirs.header, ours.header) {
+                    (Header::Systematic { index }, Header::Systematic { index: forwarded }) => {
+                        assert_eq!(index, forwarded);
+                        assert_eq!(&out[..n], &original[..], "byte for byte");
+                        assert_eq!(r.arrival_kind(stamp), Some(PacketKind::Systematic));
+                    }
+                    (Header::Coded { subgen, .. }, Header::Recoded { subgen: g, coeffs }) => {
+                        assert_eq!(subgen, g);
+                        assert_eq!(r.arrival_kind(stamp), Some(PacketKind::Recoded));
+                        if field == Field::Gf2 {
+                            // Alone (mix 0) and with coefficient 1: the arrival itself.
+                            assert_eq!(ours.symbol, theirs.symbol);
+                            let mut row = CoeffRow::new(&l);
+                            row.expand(&l, &theirs.header).unwrap();
+                            let mut wire = vec![0u8; coeffs.len()];
+                            gf2_to_wire(row.gf2_words(), l.window() as usize, &mut wire);
+                            assert_eq!(coeffs, &wire[..]);
+                        } else {
+                            assert!(coeffs.iter().any(|&c| c != 0));
+                        }
+                    }
+                    other => panic!("{field:?}: {other:?}"),
+                }
+            }
+            assert_eq!(r.recode_arrival(r.arrivals(), &mut rng, &mut out), None);
+            assert_eq!(r.next_arrival(0), Some(0));
+            assert_eq!(r.next_arrival(r.arrivals()), None);
+            // A short buffer gets nothing.
+            assert_eq!(r.recode_arrival(0, &mut rng, &mut out[..5]), None);
+            // Arrival recoding leaves the MLPI schedule alone.
+            assert!(r.sent.iter().all(|&c| c == 0));
+        }
+    }
+
+    #[test]
+    fn mixed_arrivals_differ_per_call_and_stay_in_the_span() {
+        let (l, data) = arrival_setup(Field::Gf2);
+        let e = Encoder::new(&l, &data).unwrap();
+        let mut r = Recoder::new(&l, 1 << 20);
+        let mut s = Stream::new(9);
+        let mut buf = vec![0u8; packet::max_len(&l)];
+        // Half the source symbols, then coded packets.
+        for i in 0..2 * l.source_count() {
+            let n = e.write_next(&mut s, &mut buf).unwrap();
+            if i % 2 == 0 || i >= l.source_count() {
+                r.push(&packet::parse(&l, &buf[..n]).unwrap()).unwrap();
+            }
+        }
+        let last = r.arrivals() - 1;
+        let mut rng = Prng::new(5);
+        let mut a = vec![0u8; packet::max_len(&l)];
+        let mut b = vec![0u8; packet::max_len(&l)];
+        let n = r.recode_arrival(last, &mut rng, &mut a).unwrap();
+        let m = r.recode_arrival(last, &mut rng, &mut b).unwrap();
+        assert_eq!(n, m);
+        assert_ne!(a[..n], b[..m], "two receivers get different mixes");
+        // Both decode (with the rest of what the relay holds) to the data.
+        let mut d = DenseDecoder::new(&l).unwrap();
+        d.push(&packet::parse(&l, &a[..n]).unwrap()).unwrap();
+        d.push(&packet::parse(&l, &b[..m]).unwrap()).unwrap();
+        let mut stamp = 0;
+        while let Some(st) = r.next_arrival(stamp) {
+            let n = r.recode_arrival(st, &mut rng, &mut a).unwrap();
+            d.push(&packet::parse(&l, &a[..n]).unwrap()).unwrap();
+            stamp = st + 1;
+        }
+        assert!(d.is_complete());
+        let mut out = vec![0u8; 400];
+        d.finish(&mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
+    fn evicted_arrivals_are_skipped() {
+        let l = CodeParams::new(100_000)
+            .symbol_size(100)
+            .validate()
+            .unwrap();
+        let data = vec![3u8; 100_000];
+        let e = Encoder::new(&l, &data).unwrap();
+        let slot = 100 + packet::vector_len(&l).div_ceil(8) * 8;
+        let mut r = Recoder::new(&l, 10 * slot);
+        assert_eq!(r.capacity(), 10);
+        let mut s = Stream::new(1);
+        let mut buf = vec![0u8; packet::max_len(&l)];
+        for _ in 0..30 {
+            let n = e.write_next(&mut s, &mut buf).unwrap();
+            r.push(&packet::parse(&l, &buf[..n]).unwrap()).unwrap();
+        }
+        let mut rng = Prng::new(1);
+        assert_eq!(r.arrivals(), 30);
+        for stamp in 0..20 {
+            assert_eq!(r.recode_arrival(stamp, &mut rng, &mut buf), None, "{stamp}");
+            assert_eq!(r.arrival_kind(stamp), None);
+        }
+        assert_eq!(r.next_arrival(0), Some(20));
+        for stamp in 20..30 {
+            assert!(r.recode_arrival(stamp, &mut rng, &mut buf).is_some());
+        }
+        // Replaced inside a full subgeneration: skipped as well.
+        let small = CodeParams::new(1000).symbol_size(100).validate().unwrap();
+        let e = Encoder::new(&small, &data[..1000]).unwrap();
+        let mut r = Recoder::new(&small, 1 << 20);
+        let mut s = Stream::new(2);
+        for _ in 0..small.window() as usize + 5 {
+            let n = e.write_next(&mut s, &mut buf).unwrap();
+            r.push(&packet::parse(&small, &buf[..n]).unwrap()).unwrap();
+        }
+        assert_eq!(r.len(), small.window() as usize);
+        assert_eq!(r.recode_arrival(0, &mut rng, &mut buf), None);
+        assert_eq!(r.next_arrival(0), Some(5));
     }
 
     #[test]
