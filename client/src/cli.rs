@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ccfd_proto::units::BitRate;
 use clap::{Parser, Subcommand};
 
 /// Default TCP control port of a ccfd server.
@@ -191,33 +192,9 @@ pub fn parse_server(text: &str) -> Result<ServerAddr, String> {
 /// optional unit `bit`, `kbit`, `mbit`, `gbit`, `tbit` (decimal; `/s` allowed), e.g. `200mbit`,
 /// `1.5gbit`, `750000`. Zero is refused.
 pub fn parse_rate(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let end = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(end);
-    let number: String = number.chars().filter(|&c| c != '_').collect();
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}`: expected a number followed by an optional unit"))?;
-    let unit = unit.trim().to_ascii_lowercase();
-    let factor = match unit.trim_end_matches("/s") {
-        "" | "bit" | "bps" => 1.0,
-        "kbit" => 1e3,
-        "mbit" => 1e6,
-        "gbit" => 1e9,
-        "tbit" => 1e12,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown unit `{unit}` (accepted: bit, kbit, mbit, gbit, tbit)"
-            ))
-        }
-    };
-    let total = value * factor;
-    if !total.is_finite() || total < 1.0 || total >= u64::MAX as f64 {
-        return Err(format!("`{text}`: value out of range"));
-    }
-    Ok(total.round() as u64)
+    text.parse::<BitRate>()
+        .map(BitRate::bits_per_sec)
+        .map_err(|e| e.to_string())
 }
 
 /// Parses `--bind`: an IP (port 0) or an IP:PORT.

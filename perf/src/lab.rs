@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ccfd_proto::units::BitRate;
+
 /// The default lab subnet (the first three octets); it exists only inside the lab's namespaces.
 pub const DEFAULT_SUBNET: [u8; 3] = [10, 201, 0];
 
@@ -249,34 +251,13 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Parses a rate in bits per second: a plain number or one with a `bit`, `kbit`, `mbit`, `gbit`
-/// suffix (case-insensitive; `k`, `m`, `g` alone are accepted too). Byte units are refused to
-/// avoid `tc`'s `bps` = bytes ambiguity.
+/// Parses a rate in bits per second like the server's `--max-rate` ([`BitRate`]): a plain number or
+/// one with a `bit`, `kbit`, `mbit`, `gbit`, `tbit` suffix (case-insensitive). Byte units are
+/// refused to avoid `tc`'s `bps` = bytes ambiguity.
 pub fn parse_rate(text: &str) -> Result<u64, LabError> {
-    let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let multiplier: f64 = match unit {
-        "" | "bit" => 1.0,
-        "k" | "kbit" => 1e3,
-        "m" | "mbit" => 1e6,
-        "g" | "gbit" => 1e9,
-        _ => {
-            return Err(LabError::Config(format!(
-                "bad rate {text:?}: use bits per second, e.g. 200mbit, 500kbit, 1gbit"
-            )))
-        }
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| LabError::Config(format!("bad rate {text:?}: no number")))?;
-    let bps = value * multiplier;
-    if !bps.is_finite() || !(1.0..=1e13).contains(&bps) {
-        return Err(LabError::Config(format!("rate {text:?} is out of range")));
-    }
-    Ok(bps.round() as u64)
+    text.parse::<BitRate>()
+        .map(BitRate::bits_per_sec)
+        .map_err(|e| LabError::Config(format!("bad rate: {e}")))
 }
 
 /// Formats a command line for error messages.
@@ -877,7 +858,7 @@ mod tests {
         assert_eq!(parse_rate("200mbit").unwrap(), 200_000_000);
         assert_eq!(parse_rate("1Gbit").unwrap(), 1_000_000_000);
         assert_eq!(parse_rate("500kbit").unwrap(), 500_000);
-        assert_eq!(parse_rate("1.5m").unwrap(), 1_500_000);
+        assert_eq!(parse_rate("1.5mbit").unwrap(), 1_500_000);
         assert_eq!(parse_rate("64000").unwrap(), 64_000);
         assert!(parse_rate("200mbps").is_err());
         assert!(parse_rate("fast").is_err());

@@ -10,6 +10,9 @@
 //! - [`download`]: the client's download of one file ([`Download`]).
 //! - [`coop`]: one client's cooperation bookkeeping for a file: peer links, asks, streams served
 //!   ([`Coop`]).
+//! - [`pacing`]: a token bucket over simulated time ([`pacing::TokenBucket`]), shared by every sender.
+//! - [`units`]: rates (`500mbit`), sizes (`32MiB`) and durations as written on command lines and in
+//!   config files.
 //! - [`wire`]: the codec errors ([`WireError`]).
 #![forbid(unsafe_code)]
 
@@ -17,7 +20,9 @@ pub mod coop;
 pub mod data;
 pub mod download;
 pub mod frame;
+pub mod pacing;
 pub mod session_table;
+pub mod units;
 pub mod wire;
 
 pub use coop::{Coop, CoopAction, CoopConfig, LinkId, ServeSource};

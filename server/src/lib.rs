@@ -36,7 +36,7 @@ pub mod notify;
 pub mod pacing;
 pub mod server;
 pub mod shard;
-pub mod units;
+pub use ccfd_proto::units;
 
 pub use config::Settings;
 pub use server::{Server, ServerError, ServerStats};

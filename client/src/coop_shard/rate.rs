@@ -27,11 +27,7 @@ use std::time::Duration;
 
 use ccfd_proto::ReceiverStats;
 
-/// Traffic a stream's [`Pacer`] may send back to back (8 ms: 100 KB at 100 Mbit/s). Shorter
-/// windows lose rate whenever the shard wakes late on a busy host (measured: a 4 ms window at
-/// 7 Mbit/s delivered a quarter of the rate at a load average of 27 on 2 cores); a 50 ms
-/// bottleneck queue absorbs this much.
-pub const BURST_WINDOW: Duration = Duration::from_millis(8);
+pub use ccfd_proto::pacing::BURST_WINDOW;
 /// A new stream's rate before its receiver reports.
 pub const INITIAL_RATE_BPS: u64 = 100_000_000;
 /// Lowest rate a stream is paced at.
@@ -51,77 +47,8 @@ pub const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(20);
 
 const NANOS_PER_SEC: f64 = 1e9;
 
-/// A token bucket in bytes refilled at `rate` bits per second.
-#[derive(Debug, Clone)]
-pub struct Pacer {
-    bytes_per_ns: f64,
-    burst_bytes: f64,
-    tokens: f64,
-    last_ns: u64,
-}
-
-impl Pacer {
-    /// A full bucket at `rate_bps` whose burst is [`BURST_WINDOW`] of traffic, at least
-    /// `min_burst_bytes`.
-    pub fn new(rate_bps: u64, min_burst_bytes: usize, now_ns: u64) -> Pacer {
-        let mut pacer = Pacer {
-            bytes_per_ns: 0.0,
-            burst_bytes: 0.0,
-            tokens: 0.0,
-            last_ns: now_ns,
-        };
-        pacer.set_rate(rate_bps, min_burst_bytes, now_ns);
-        pacer.tokens = pacer.burst_bytes;
-        pacer
-    }
-
-    /// Changes the rate from `now_ns` on (tokens earned at the old rate are kept up to the new burst).
-    pub fn set_rate(&mut self, rate_bps: u64, min_burst_bytes: usize, now_ns: u64) {
-        self.refill(now_ns);
-        self.bytes_per_ns = rate_bps.max(1) as f64 / 8.0 / NANOS_PER_SEC;
-        let window = self.bytes_per_ns * BURST_WINDOW.as_nanos() as f64;
-        self.burst_bytes = window.max(min_burst_bytes as f64);
-        self.tokens = self.tokens.min(self.burst_bytes);
-    }
-
-    /// The rate in bits per second.
-    pub fn rate_bps(&self) -> u64 {
-        (self.bytes_per_ns * 8.0 * NANOS_PER_SEC).round() as u64
-    }
-
-    /// The burst in bytes.
-    pub fn burst_bytes(&self) -> usize {
-        self.burst_bytes as usize
-    }
-
-    fn refill(&mut self, now_ns: u64) {
-        let elapsed = now_ns.saturating_sub(self.last_ns);
-        self.last_ns = self.last_ns.max(now_ns);
-        self.tokens = (self.tokens + elapsed as f64 * self.bytes_per_ns).min(self.burst_bytes);
-    }
-
-    /// Bytes that may be sent now.
-    pub fn available(&mut self, now_ns: u64) -> usize {
-        self.refill(now_ns);
-        self.tokens.max(0.0) as usize
-    }
-
-    /// Spends `bytes` (what `available` allowed).
-    pub fn consume(&mut self, bytes: usize) {
-        self.tokens -= bytes as f64;
-    }
-
-    /// Nanoseconds from `now_ns` until `bytes` may be sent (0: now).
-    pub fn wait_ns(&mut self, now_ns: u64, bytes: usize) -> u64 {
-        self.refill(now_ns);
-        let missing = bytes as f64 - self.tokens;
-        if missing <= 0.0 {
-            0
-        } else {
-            (missing / self.bytes_per_ns).ceil() as u64
-        }
-    }
-}
+/// A stream's token bucket (the same one the server paces its receivers with).
+pub use ccfd_proto::pacing::TokenBucket as Pacer;
 
 /// What a report did to a stream's rate (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
