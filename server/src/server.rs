@@ -53,6 +53,8 @@ pub enum ServerError {
 pub struct ServerStats {
     /// Data packets sent.
     pub packets: u64,
+    /// Of those, source symbols handed out from the sessions' systematic pools.
+    pub pooled: u64,
     /// Data bytes sent (UDP payload).
     pub bytes: u64,
     /// GSO batches.
@@ -263,6 +265,7 @@ impl Server {
         for s in &self.shard_stats {
             let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             total.packets += get(&s.packets);
+            total.pooled += get(&s.pooled);
             total.bytes += get(&s.bytes);
             total.batches += get(&s.batches);
             total.sessions_started += get(&s.sessions_started);
