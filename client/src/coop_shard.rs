@@ -1,8 +1,9 @@
 //! The cooperation shard's data plane (issue 5, DESIGN.md §5): a pinned thread that streams coded
 //! packets to the peers that asked us, over its own UDP socket through `ccfd-ring`.
 //!
-//! It pops the decoder thread's [`VerifiedPacket`]s (the segment being received) into a bounded
-//! [`snc::Recoder`] and streams *recoded* packets of that segment to its askers; for segments already
+//! It pops the decoder thread's [`VerifiedPacket`]s (the server's packets of the segment being
+//! received) into a bounded [`snc::Recoder`] and relays each of them *once* to every asker of that
+//! segment, in arrival order (arrival-driven relaying); for segments already
 //! complete and verified in our output it *encodes* fresh packets from a read-only map of the output
 //! file (like the server; no buffer kept). Every stream is paced, the whole shard stays under the
 //! upload cap, and each stream's rate follows what its receiver reports ([`ServeCommand::Report`]).
@@ -19,11 +20,18 @@
 //!   stream whose segment is complete encodes whatever its source (`FromCopy` is then implied). Only
 //!   segments named by `Completed` are ever read from the output. Encoders (the precode takes tens
 //!   of milliseconds for 32 MiB) are built on a helper thread; the stream starts when it is ready.
-//! - `Start` opens a stream (a `Start` for a live [`StreamId`] replaces it): a random coefficient
-//!   key per stream, so two streams (or two peers) never send the same packets; encoded streams
-//!   skip the systematic packets (they would duplicate the server's) and recoding never forwards
-//!   them uncoded. A recoding stream sends at most as many packets as the buffer stored since its
-//!   (re)start (more could not carry more information) and never from an empty buffer.
+//! - `Start` opens a stream (a `Start` for a live [`StreamId`] replaces it, keeping its place in
+//!   the arrivals of the same segment): a random coefficient key per stream, so two streams (or
+//!   two peers) never send the same packets.
+//! - A recoding stream sends every packet the buffer stored exactly once, in arrival order, from
+//!   the buffer's first arrival (a late stream sends the backlog, paced): a systematic packet as
+//!   it is (the server hands each source symbol to one receiver of a segment, so the others get
+//!   it from us), a coded one as one recoded packet of its subgeneration that includes it
+//!   ([`snc::Recoder::recode_arrival`]: innovative to the asker as often as the server's packet).
+//!   It waits when it has sent the newest arrival (recoding beyond what we got would only repeat
+//!   it), skips arrivals evicted from the bounded buffer, and restarts at a buffer restart. One
+//!   GSO send carries one packet form (systematic and recoded packets differ in length).
+//! - Encoded streams (complete segments) skip the systematic packets: they send fresh coded ones.
 //! - Packets are sealed under the stream's key with `Origin::Peer`, the asker's session, the
 //!   segment and a per-stream `seq` from 0; up to 64 equal-size datagrams per GSO send.
 //! - Pacing: see [`rate`] (token bucket per stream with 8 ms bursts, receiver-driven controller

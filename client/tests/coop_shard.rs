@@ -113,8 +113,9 @@ fn receiver(ip: &str) -> (UdpSocket, SocketAddr) {
     (socket, addr)
 }
 
-/// Receives until the segment decodes (or `timeout`), checking every packet's MAC, header and kind;
-/// returns the decoded bytes and the packets received.
+/// Receives until the segment decodes (or `timeout`), checking every packet's MAC, header and kind
+/// (systematic packets only if `relayed`: encoded streams never send them); returns the decoded
+/// bytes and the packets received.
 fn receive_segment(
     socket: &UdpSocket,
     from: SocketAddr,
@@ -122,6 +123,7 @@ fn receive_segment(
     segment: u32,
     session: u32,
     timeout: Duration,
+    relayed: bool,
 ) -> (Vec<u8>, u64) {
     let layout = segment_layout(meta, segment).unwrap();
     let mut out = vec![0u8; layout.segment_len() as usize];
@@ -148,8 +150,8 @@ fn receive_segment(
         expected_seq = header.seq + 1;
         let view = packet::parse(&layout, payload).unwrap();
         assert!(
-            !matches!(view.header, Header::Systematic { .. }),
-            "a peer sent a systematic packet"
+            relayed || !matches!(view.header, Header::Systematic { .. }),
+            "an encoding peer sent a systematic packet"
         );
         packets += 1;
         match decoder.push(payload).unwrap() {
@@ -223,7 +225,8 @@ fn encodes_a_completed_segment_from_the_output_and_stops_on_stop() {
     assert_eq!(count_arrivals(&socket, Duration::from_millis(150)).0, 0);
 
     shard.handle.send(ServeCommand::Completed { segment: 1 });
-    let (decoded, packets) = receive_segment(&socket, from, &m, 1, 7, Duration::from_secs(10));
+    let (decoded, packets) =
+        receive_segment(&socket, from, &m, 1, 7, Duration::from_secs(10), false);
     assert_eq!(decoded, &data[SEGMENT..2 * SEGMENT]);
     assert!(packets >= (SEGMENT / 1024) as u64);
 
@@ -239,7 +242,7 @@ fn encodes_a_completed_segment_from_the_output_and_stops_on_stop() {
     shard.handle.send(ServeCommand::Stop { stream: id });
     std::thread::sleep(Duration::from_millis(50));
     let (_, _) = count_arrivals(&socket, Duration::from_millis(50));
-    let (decoded, _) = receive_segment(&socket, from, &m, 2, 8, Duration::from_secs(10));
+    let (decoded, _) = receive_segment(&socket, from, &m, 2, 8, Duration::from_secs(10), false);
     assert_eq!(decoded, &data[2 * SEGMENT..]);
 
     shard.handle.send(ServeCommand::Stop {
@@ -259,13 +262,32 @@ fn encodes_a_completed_segment_from_the_output_and_stops_on_stop() {
 /// Pushes `count` packets of `data` (segment `segment`, systematic first if the layout is) into
 /// the shard's queue, as the decoder thread would.
 fn feed(queue: &CoopQueue, meta: &FileMeta, data: &[u8], segment: u32, count: usize, key: u64) {
+    feed_share(queue, meta, data, segment, count, key, 1);
+}
+
+/// Like [`feed`], but only every `share`-th packet of the stream (`count` of them), as a server
+/// handing a segment to `share` receivers at once gives each its part; returns the payloads fed.
+fn feed_share(
+    queue: &CoopQueue,
+    meta: &FileMeta,
+    data: &[u8],
+    segment: u32,
+    count: usize,
+    key: u64,
+    share: usize,
+) -> Vec<Vec<u8>> {
     let layout = segment_layout(meta, segment).unwrap();
     let encoder = Encoder::new(&layout, data).unwrap();
     let mut code = Stream::new(key);
     let mut buf = vec![0u8; packet::max_len(&layout)];
     let counters = Counters::default();
-    for _ in 0..count {
+    let mut fed = Vec::new();
+    for i in 0..count * share {
         let len = encoder.write_next(&mut code, &mut buf).unwrap();
+        if i % share != 0 {
+            continue;
+        }
+        fed.push(buf[..len].to_vec());
         queue.offer(
             VerifiedPacket {
                 segment,
@@ -276,6 +298,7 @@ fn feed(queue: &CoopQueue, meta: &FileMeta, data: &[u8], segment: u32, count: us
         );
     }
     assert_eq!(Counters::get(&counters.coop_dropped_full), 0);
+    fed
 }
 
 #[test]
@@ -316,21 +339,24 @@ fn recodes_the_segment_being_received() {
         // Packets of another segment are discarded, not recoded.
         feed(&shard.queue, &m, &data[..SEGMENT], 0, 200, 1);
         assert_eq!(count_arrivals(&socket, Duration::from_millis(150)).0, 0);
-        // Enough packets of segment 1 for the receiver to decode from our recoded ones alone.
+        // Enough packets of segment 1 for the receiver to decode from our relayed ones alone.
         let k = SEGMENT / 1024;
-        feed(&shard.queue, &m, &data[SEGMENT..], 1, k + k / 2, 2);
-        let (decoded, packets) = receive_segment(&socket, from, &m, 1, 11, Duration::from_secs(10));
+        // (Within the buffer's 1.25 N: more could evict arrivals before they are sent.)
+        let fed = k + k / 4;
+        feed(&shard.queue, &m, &data[SEGMENT..], 1, fed, 2);
+        let (decoded, packets) =
+            receive_segment(&socket, from, &m, 1, 11, Duration::from_secs(10), true);
         assert_eq!(
             decoded,
             &data[SEGMENT..],
             "systematic {systematic} {field:?}"
         );
-        // Never more recoded packets than the rank of the buffer (at most N) allows.
+        // Each arrival once, nothing more.
         let (late, _) = count_arrivals(&socket, Duration::from_millis(200));
-        let n = u64::from(segment_layout(&m, 1).unwrap().column_count());
-        assert!(
-            packets + late <= n + n / 4 + 16,
-            "{packets} + {late} recoded packets from a buffer of rank <= {n}"
+        assert_eq!(
+            packets + late,
+            fed as u64,
+            "systematic {systematic} {field:?}"
         );
         exit(shard);
     }
@@ -365,8 +391,96 @@ fn a_recoding_stream_encodes_once_its_segment_completes() {
         0,
         4,
         Duration::from_secs(10),
+        true,
     );
     assert_eq!(decoded, data);
+    exit(shard);
+}
+
+/// Every payload arriving on `socket` within `window`.
+fn drain(socket: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    let mut out = Vec::new();
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let (_, payload) = DataPacket::open(&KEY, &buf[..n]).expect("MAC under the key");
+            out.push(payload.to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn each_arrival_goes_once_to_every_asker_then_encoding_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "arrivals");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, true, FieldKind::Gf2);
+    let layout = segment_layout(&m, 0).unwrap();
+    let k = layout.source_count() as usize;
+    let shard = start_shard("127.78.10.1", m.clone(), &output, None);
+    let (a, to_a) = receiver("127.78.10.2");
+    let (b, to_b) = receiver("127.78.10.3");
+    shard.handle.send(ServeCommand::Receiving { segment: 0 });
+    shard.handle.send(ServeCommand::Start {
+        stream: stream(1, 1),
+        segment: 0,
+        key: KEY,
+        to: to_a,
+        source: ServeSource::Recode,
+    });
+    // Our share of a segment three receivers get at once: a third of the source symbols, then
+    // coded packets of our own stream. P of them.
+    let p = k / 3 + 40;
+    let fed = feed_share(&shard.queue, &m, &data, 0, p, 5, 3);
+    let systematic = fed
+        .iter()
+        .filter(|f| packet::parse(&layout, f).unwrap().header.kind() == snc::PacketKind::Systematic)
+        .count();
+    assert!(systematic > 0 && systematic < p, "{systematic} of {p}");
+    let got_a = drain(&a, Duration::from_millis(500));
+    // A second asker, late: it gets the backlog.
+    shard.handle.send(ServeCommand::Start {
+        stream: stream(2, 1),
+        segment: 0,
+        key: KEY,
+        to: to_b,
+        source: ServeSource::Recode,
+    });
+    let got_b = drain(&b, Duration::from_millis(500));
+    for (name, got) in [("a", &got_a), ("b", &got_b)] {
+        assert_eq!(
+            got.len(),
+            p,
+            "stream {name}: exactly one packet per arrival"
+        );
+        let mut forwarded = 0;
+        for (sent, original) in got.iter().zip(&fed) {
+            let ours = packet::parse(&layout, sent).unwrap();
+            let theirs = packet::parse(&layout, original).unwrap();
+            match (ours.header, theirs.header) {
+                (Header::Systematic { .. }, Header::Systematic { .. }) => {
+                    assert_eq!(sent, original, "stream {name}: forwarded byte for byte");
+                    forwarded += 1;
+                }
+                (Header::Recoded { subgen: g, .. }, Header::Coded { subgen, .. }) => {
+                    assert_eq!(g, subgen, "stream {name}: in arrival order");
+                }
+                other => panic!("stream {name}: {other:?}"),
+            }
+        }
+        assert_eq!(forwarded, systematic);
+    }
+    // Nothing more until the segment completes here; then fresh coded packets.
+    assert!(drain(&a, Duration::from_millis(100)).is_empty());
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    let encoded = payloads(&a, 50);
+    assert!(encoded.iter().all(|e| matches!(
+        packet::parse(&layout, e).unwrap().header,
+        Header::Coded { .. }
+    )));
     exit(shard);
 }
 
@@ -467,16 +581,12 @@ fn receiving_again_restarts_the_buffer() {
     });
     feed(&shard.queue, &m, &data, 0, 20, 1);
     let (first, _) = count_arrivals(&socket, Duration::from_millis(300));
-    // A rank of 20: 20 + 20/4 + 16 recoded packets at most (the budget's margin).
-    assert_eq!(first, 41, "the recoding budget of a rank of 20");
+    assert_eq!(first, 20, "one packet per arrival");
     // The segment is fetched again (say its digest failed): the old packets are gone.
     shard.handle.send(ServeCommand::Receiving { segment: 0 });
     assert_eq!(count_arrivals(&socket, Duration::from_millis(200)).0, 0);
     feed(&shard.queue, &m, &data, 0, 5, 2);
-    assert_eq!(
-        count_arrivals(&socket, Duration::from_millis(300)).0,
-        5 + 1 + 16
-    );
+    assert_eq!(count_arrivals(&socket, Duration::from_millis(300)).0, 5);
     exit(shard);
 }
 
@@ -590,10 +700,11 @@ fn bare_loop(
                     let body = &mut buf[DATA_HEADER_LEN..];
                     let len = match recoder.as_deref_mut() {
                         Some(r) => {
-                            // One stored packet per recoded one, as the shard's budget allows.
+                            // One stored packet per relayed one, as the shard sends them.
                             let view = packet::parse(layout, &stored[seq as usize % stored.len()]);
                             r.push(&view.unwrap()).unwrap();
-                            r.recode(&mut prng, body).unwrap_or(0)
+                            r.recode_arrival(r.arrivals() - 1, &mut prng, body)
+                                .unwrap_or(0)
                         }
                         None => {
                             let plan = encoder.next_plan(&mut code).unwrap();
@@ -630,7 +741,7 @@ fn send_rates() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.part");
     // One 64 MiB segment (default-like: the encoder's window walks a segment far beyond the
-    // caches, and the recoding budget, the rank, does not run out during the run).
+    // caches, and the feeder keeps the arrivals ahead of the stream during the run).
     let size = 64 << 20;
     let data = content(size, "rates");
     std::fs::write(&output, &data).unwrap();
@@ -688,7 +799,7 @@ fn send_rates() {
         });
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let feeder = (source == ServeSource::Recode).then(|| {
-            // Keeps the recoding budget ahead of the shard (the decoder thread's role).
+            // Keeps the arrivals ahead of the shard (the decoder thread's role).
             let queue = shard.queue.clone();
             let stop = Arc::clone(&stop);
             let m = m.clone();

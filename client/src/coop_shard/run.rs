@@ -55,11 +55,11 @@ struct ServeStream {
     prng: Prng,
     /// Sequence number of the next packet.
     seq: u32,
-    /// Recoded packets sent from buffer `generation` (bounded by what it stored).
-    recoded: u64,
+    /// The next arrival of buffer `generation` to send (each arrival goes out once, in order).
+    cursor: u64,
     generation: u64,
-    /// Recoding budget seen when the stream last waited for a fuller batch.
-    waited_budget: u64,
+    /// Backlog seen when the stream last waited for a fuller batch.
+    waited_backlog: u64,
     pacer: Pacer,
     control: RateController,
     packets: u64,
@@ -288,13 +288,18 @@ impl Shard {
         source: ServeSource,
         now: u64,
     ) {
-        // A replaced stream's sequence numbers go on (the receiver derives loss from their gaps).
+        // A replaced stream's sequence numbers go on (the receiver derives loss from their gaps),
+        // and so does its place in the arrivals of the same segment (nothing is sent twice).
         let mut seq = 0;
+        let mut resume = (0, 0);
         if let Some(i) = self.streams.iter().position(|s| s.id == id) {
             let old = self.streams.swap_remove(i);
             self.log_stop(&old, "restarted");
             self.remember_rate(&old);
             seq = old.seq;
+            if old.segment == segment {
+                resume = (old.cursor, old.generation);
+            }
         }
         let layout = match segment_layout(&self.setup.meta, segment) {
             Ok(layout) => layout,
@@ -339,9 +344,9 @@ impl Shard {
             code,
             prng: Prng::new(random_u64()),
             seq,
-            recoded: 0,
-            generation: 0,
-            waited_budget: 0,
+            cursor: resume.0,
+            generation: resume.1,
+            waited_backlog: 0,
             pacer: Pacer::new(initial, min_burst, now),
             control: RateController::new(initial, now),
             packets: 0,
@@ -585,26 +590,33 @@ impl Shard {
             None
         };
         let mut buffer = None;
+        // The form of the packets of this batch (one GSO send carries datagrams of one size).
+        let mut kind = PacketKind::Coded;
+        let mut backlog = u64::MAX;
         if coder.is_none() {
             match receiving.as_mut() {
                 Some(b) if stream.mode == ServeSource::Recode && b.segment == stream.segment => {
                     if stream.generation != b.generation {
+                        // A new buffer (or a new stream): from its first arrival on.
                         stream.generation = b.generation;
-                        stream.recoded = 0;
+                        stream.cursor = 0;
+                        stream.waited_backlog = 0;
                     }
-                    if b.recoder.is_empty() || stream.recoded >= b.budget() {
+                    // Arrivals evicted from the bounded buffer are skipped.
+                    let Some(next) = b.recoder.next_arrival(stream.cursor) else {
                         return Ok(Batch::Starved);
-                    }
+                    };
+                    stream.cursor = next;
+                    kind = match b.recoder.arrival_kind(next) {
+                        Some(kind) => kind,
+                        None => return Ok(Batch::Starved),
+                    };
+                    backlog = b.recoder.arrivals() - next;
                     buffer = Some(b)
                 }
                 _ => return Ok(Batch::Starved),
             }
         }
-        let kind = if coder.is_some() {
-            PacketKind::Coded
-        } else {
-            PacketKind::Recoded
-        };
         let payload_len = packet::len(&stream.layout, kind);
         let dgram = DataPacket::sealed_len(payload_len);
         let max = max_datagrams(dgram).min(MAX_SEGMENTS);
@@ -616,16 +628,15 @@ impl Shard {
         // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
         let full = max.min((stream.pacer.burst_bytes() / dgram).max(1));
         let mut limit = max;
-        if let Some(b) = &buffer {
-            let budget = b.budget() - stream.recoded;
-            if budget < full as u64 && budget != stream.waited_budget {
-                // The buffer is still filling: let a full batch's worth arrive (a budget that
+        if buffer.is_some() {
+            if backlog < full as u64 && backlog != stream.waited_backlog {
+                // Arrivals are still coming: let a full batch's worth arrive (a backlog that
                 // stopped growing over one poll is sent as it is).
-                stream.waited_budget = budget;
+                stream.waited_backlog = backlog;
                 return Ok(Batch::Starved);
             }
-            stream.waited_budget = 0;
-            limit = limit.min(budget.min(max as u64) as usize);
+            stream.waited_backlog = 0;
+            limit = limit.min(backlog.min(max as u64) as usize);
         }
         let target = limit.min(full);
         let mut n = (stream.pacer.available(now) / dgram).min(limit);
@@ -658,6 +669,14 @@ impl Shard {
         let mut sent = 0usize;
         let mut failed = false;
         while sent < n && !out.is_full() {
+            // The next held arrival, if it has this batch's form.
+            let arrival = match buffer.as_deref() {
+                Some(b) => match b.recoder.next_arrival(stream.cursor) {
+                    Some(next) if b.recoder.arrival_kind(next) == Some(kind) => Some(next),
+                    _ => break,
+                },
+                None => None,
+            };
             let header = DataHeader {
                 origin: Origin::Peer,
                 session: stream.id.session,
@@ -676,10 +695,13 @@ impl Shard {
                             _ => return 0,
                         }
                     }
-                    (None, Some(b)) => match b.recoder.recode(&mut stream.prng, body) {
-                        Some(len) => len,
-                        None => return 0,
-                    },
+                    (None, Some(b)) => {
+                        let stamp = arrival.unwrap_or(u64::MAX);
+                        match b.recoder.recode_arrival(stamp, &mut stream.prng, body) {
+                            Some(len) => len,
+                            None => return 0,
+                        }
+                    }
                     (None, None) => return 0,
                 };
                 if len != payload_len {
@@ -690,6 +712,9 @@ impl Shard {
             match written {
                 Ok(len) if len == dgram => {
                     stream.seq = stream.seq.wrapping_add(1);
+                    if let Some(stamp) = arrival {
+                        stream.cursor = stamp + 1;
+                    }
                     sent += 1;
                 }
                 _ => {
@@ -707,9 +732,6 @@ impl Shard {
             return Ok(Batch::Starved);
         }
         out.queue();
-        if buffer.is_some() {
-            stream.recoded += sent as u64;
-        }
         let bytes = sent * dgram;
         stream.pacer.consume(bytes);
         stream.control.on_sent(bytes);

@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use ccfd_proto::FileMeta;
 use ccfd_ring::mapped::{map_file, Mmap};
-use snc::decoder::Decoder;
 use snc::encoder::{EncodeError, Encoder};
 use snc::recoder::{Recoder, RecoderPush};
-use snc::{CodeKind, Layout};
+use snc::Layout;
 
 use crate::params::code_params;
 
@@ -142,28 +141,23 @@ impl OutputMap {
     }
 }
 
-/// The bounded recoding buffer of the segment being received.
+/// The bounded recoding buffer of the segment being received: the server's packets in arrival
+/// order, each sent once to every stream of the segment ([`Recoder::recode_arrival`]: a
+/// systematic packet forwarded as it is, a coded one as a recoded packet that includes it).
 #[derive(Debug)]
 pub struct RecodeBuffer {
     /// The segment.
     pub segment: u32,
     /// Its layout.
     pub layout: Layout,
-    /// The buffer (systematic packets are kept for recoding but never forwarded as they are: they
-    /// would duplicate the server's).
+    /// The buffer (its MLPI forwarding queue is off: arrivals are sent by stamp).
     pub recoder: Recoder,
-    /// Packets stored since the buffer started.
+    /// Packets stored since the buffer started (its arrival stamps).
     pub stored: u64,
     /// Packets refused by the codec.
     pub rejected: u64,
-    /// Coefficient-only decoder tracking the rank of what we got (band codes: no symbol work).
-    ///
-    /// Every packet is stored even when it adds no rank: a recoded packet mixes the packets of one
-    /// subgeneration only, so globally redundant packets still widen each subgeneration's span
-    /// (measured: a receiver needs ~1.4x the rank in recoded packets from a buffer that kept only
-    /// the innovative ones, ~1.0x from one that kept everything).
-    tracker: Option<Decoder<'static>>,
-    /// Which (re)start of the recoding buffer this is (streams reset their budget when it changes).
+    /// Which (re)start of the recoding buffer this is (streams restart from its first arrival
+    /// when it changes).
     pub generation: u64,
 }
 
@@ -179,18 +173,12 @@ impl RecodeBuffer {
             .min(RECODER_MAX_BYTES);
         let mut recoder = Recoder::new(&layout, limit);
         recoder.set_forward_systematic(false);
-        // A dense (random-grouping) decoder would do symbol work: track the rank of band codes only.
-        let rank = match layout.kind() {
-            CodeKind::Band => Decoder::counting(&layout).ok(),
-            CodeKind::Random => None,
-        };
         RecodeBuffer {
             segment,
             layout,
             recoder,
             stored: 0,
             rejected: 0,
-            tracker: rank,
             generation,
         }
     }
@@ -201,34 +189,11 @@ impl RecodeBuffer {
             self.rejected += 1;
             return;
         };
-        if let Some(tracker) = &mut self.tracker {
-            if !tracker.is_solved() && tracker.push_view(&view).is_err() {
-                self.rejected += 1;
-                return;
-            }
-        }
         match self.recoder.push(&view) {
             Ok(RecoderPush::Stored) => self.stored += 1,
             Ok(RecoderPush::Duplicate) => {}
             Err(_) => self.rejected += 1,
         }
-    }
-
-    /// The rank of what the buffer got (band codes), else the packets stored.
-    pub fn rank(&self) -> u64 {
-        match &self.tracker {
-            Some(tracker) => u64::from(tracker.rank()),
-            None => self.stored,
-        }
-    }
-
-    /// Recoded packets one stream may get from this buffer: random combinations of a rank-`r`
-    /// span reach rank `r` at the receiver only after somewhat more than `r` packets (measured up
-    /// to ~1.1 r with band windows), so a quarter more and 16; beyond that our packets carry
-    /// nothing new to a receiver that only has us.
-    pub fn budget(&self) -> u64 {
-        let rank = self.rank();
-        rank + rank / 4 + 16
     }
 }
 
@@ -284,35 +249,30 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_follows_the_rank_not_the_packets() {
+    fn every_packet_is_an_arrival_and_duplicates_are_not() {
         let m = meta(64 * 1024, 64 * 1024, None);
-        let layout = segment_layout(&m, 0).unwrap();
-        let data = vec![5u8; 64 * 1024];
-        let encoder = Encoder::new(&layout, &data).unwrap();
-        let mut code = snc::encoder::Stream::new(1);
-        let mut buf = vec![0u8; snc::packet::max_len(&layout)];
-        let mut buffer = RecodeBuffer::new(0, layout.clone(), 1);
-        let mut packets = Vec::new();
-        for _ in 0..3 * layout.column_count() {
-            let n = encoder.write_next(&mut code, &mut buf).unwrap();
-            packets.push(buf[..n].to_vec());
+        let mut sys = m.clone();
+        sys.code.systematic = true;
+        for m in [m, sys] {
+            let layout = segment_layout(&m, 0).unwrap();
+            let data = vec![5u8; 64 * 1024];
+            let encoder = Encoder::new(&layout, &data).unwrap();
+            let mut code = snc::encoder::Stream::new(1);
+            let mut buf = vec![0u8; snc::packet::max_len(&layout)];
+            let mut buffer = RecodeBuffer::new(0, layout.clone(), 1);
+            for _ in 0..20 {
+                let n = encoder.write_next(&mut code, &mut buf).unwrap();
+                buffer.push(&buf[..n]);
+                buffer.push(&buf[..n]);
+            }
+            // A coded packet again is stored again (it is one more arrival to relay); a
+            // systematic one is not.
+            let expected = if layout.systematic() { 20 } else { 40 };
+            assert_eq!(buffer.stored, expected);
+            assert_eq!(buffer.recoder.arrivals(), expected);
+            buffer.push(b"garbage");
+            assert_eq!(buffer.rejected, 1);
         }
-        for p in &packets[..20] {
-            buffer.push(p);
-            buffer.push(p); // the same packet again adds no rank
-        }
-        assert_eq!((buffer.stored, buffer.rank()), (40, 20));
-        assert_eq!(buffer.budget(), 20 + 5 + 16);
-        for p in &packets {
-            buffer.push(p);
-        }
-        // The rank stops where a decoder is solved, whatever arrives.
-        let rank = buffer.rank();
-        assert!(rank >= u64::from(layout.source_count()), "rank {rank}");
-        assert!(rank <= u64::from(layout.column_count()), "rank {rank}");
-        assert!(buffer.recoder.len() <= buffer.recoder.capacity());
-        buffer.push(b"garbage");
-        assert_eq!(buffer.rejected, 1);
     }
 
     #[test]
