@@ -14,7 +14,8 @@
 //!   cooperating peers have something to give each other); once it is exhausted (at once for
 //!   non-systematic sessions), each receiver gets coded packets of its own snc
 //!   [`Stream`](snc::encoder::Stream) (a fresh random key, so they are distinct from every other
-//!   receiver's). The header's `seq` counts the packets sent to that receiver.
+//!   receiver's). A receiver joining a session nobody receives any more gets a fresh pool. The
+//!   header's `seq` counts the packets sent to that receiver.
 //! - Each receiver has its own [`TokenBucket`] at the rate the session table gave it; the shard also
 //!   takes every batch from the server-wide [`EgressLimiter`] when `--max-rate` is set. A receiver's
 //!   [`SendWindow`] (fed by `Progress`, the receiver's reported packets and rank) keeps the packets in
@@ -423,13 +424,26 @@ impl ShardLoop {
                 rate_bps,
             } => {
                 let key = self.next_stream_key();
+                // A session nobody receives any more starts a fresh pool: no receiver present
+                // holds its source symbols, and a lone newcomer then decodes from copies.
+                let refill = self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.receivers.is_empty() && s.pool.handed() > 0);
+                let pool_key = refill.then(|| self.next_stream_key());
                 let Some(s) = self.sessions.get_mut(&session) else {
                     tracing::debug!(session = session.0, "receiver for an unknown session");
                     return;
                 };
                 let dgram = max_datagram_len(&s.coder);
-                let needed = s.coder.encoder().layout().source_count();
+                let layout = s.coder.encoder().layout();
+                let needed = layout.source_count();
+                if let Some(pool_key) = pool_key {
+                    s.pool = SystematicPool::new(layout, pool_key);
+                }
+                let before = s.receivers.len();
                 s.receivers.retain(|r| r.client != client);
+                let replaced = (before - s.receivers.len()) as u64;
                 s.receivers.push(ShardReceiver {
                     client,
                     addr,
@@ -437,8 +451,18 @@ impl ShardLoop {
                     stream: ReceiverStream::new(key),
                     window: SendWindow::new(needed),
                 });
-                self.stats.live_receivers.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(session = session.0, client = client.0, %addr, rate_bps, "receiver added");
+                self.stats
+                    .live_receivers
+                    .fetch_add(1 - replaced, Ordering::Relaxed);
+                tracing::debug!(
+                    session = session.0,
+                    client = client.0,
+                    %addr,
+                    rate_bps,
+                    pool_left = s.pool.remaining(),
+                    refill,
+                    "receiver added"
+                );
             }
             ShardMsg::SetRate {
                 session,

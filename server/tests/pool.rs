@@ -1,8 +1,8 @@
 //! The shared systematic pool over real sockets on 127.79.x.y: receivers of one systematic session
 //! (the default) get disjoint source symbols that together cover the segment once, then coded packets
 //! of their own streams; a lone receiver gets every source symbol then coded repair; a receiver
-//! joining after the pool ran dry gets coded packets only; and a receiver whose rank grows from peers
-//! stops the server's stream (the send window).
+//! joining after the pool ran dry gets coded packets only (a fresh pool once nobody receives the
+//! session); and a receiver whose rank grows from peers stops the server's stream (the send window).
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
@@ -146,6 +146,12 @@ fn receive(
         }
     }
     drop(decoder);
+    stop(ctl, meta);
+    (seen, out)
+}
+
+/// Stops receiving `meta`'s session and waits for the ack (skipping heartbeat acks).
+fn stop(ctl: &mut Ctl, meta: &SessionMeta) {
     ctl.send(&Frame::StopSegment {
         session: meta.session,
     });
@@ -163,7 +169,6 @@ fn receive(
             }
         }
     }
-    (seen, out)
 }
 
 fn source_count(meta: &SessionMeta) -> u32 {
@@ -253,41 +258,81 @@ fn a_lone_receiver_gets_every_source_symbol_then_coded_repair() {
     server.shutdown();
 }
 
+/// A receiver joining while another holds the whole pool gets coded packets only; once nobody
+/// receives the session any more, the next receiver gets a fresh pool.
 #[test]
 fn a_receiver_joining_after_the_pool_ran_dry_gets_coded_packets_only() {
     let (dir, data) = pool_root();
     let server = pool_server(&dir, "127.79.3.1", 2, 100_000_000);
-    let mut sessions = Vec::new();
-    let mut seen_by = Vec::new();
-    let mut k = 0;
-    for (node, ip) in [(1u64, "127.79.3.2"), (2, "127.79.3.3")] {
-        let socket = receiver_socket(ip);
-        let receive_addr = socket.local_addr().unwrap();
-        let mut ctl = Ctl::connect(server.control_addr());
-        ctl.hello(node, Some(receive_addr));
-        let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
-        let (seen, decoded) = receive(&mut ctl, &socket, &meta, |_| false);
-        assert!(decoded == data, "receiver {node} decoded the segment");
-        seen.assert_seqs_count_from_zero(ip);
-        sessions.push(meta.session);
-        seen_by.push(seen);
-        k = u64::from(source_count(&meta));
+    // The first receiver takes every source symbol and stays (it has not stopped yet).
+    let first_socket = receiver_socket("127.79.3.2");
+    let first_addr = first_socket.local_addr().unwrap();
+    let mut first = Ctl::connect(server.control_addr());
+    first.hello(1, Some(first_addr));
+    let first_meta = request_segment(&mut first, "big.bin", 0, first_addr);
+    let layout = ccfd_server::coder::snc_params_from_wire(&first_meta.code, first_meta.segment_len)
+        .validate()
+        .unwrap();
+    let k = source_count(&first_meta);
+    let mut sources = BTreeSet::new();
+    let mut buf = vec![0u8; 65536];
+    let mut heartbeat = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sources.len() < k as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{} source symbols",
+            sources.len()
+        );
+        let got = sources.len();
+        report_progress(
+            &mut first,
+            &first_meta,
+            &mut heartbeat,
+            got as u64,
+            got as u32,
+        );
+        let Ok(n) = first_socket.recv(&mut buf) else {
+            continue;
+        };
+        let (_, payload) = DataPacket::open(&first_meta.key, &buf[..n]).unwrap();
+        match snc::packet::parse(&layout, payload).unwrap().header {
+            Header::Systematic { index } => assert!(sources.insert(index), "{index} twice"),
+            other => panic!("{other:?} before the pool ran dry"),
+        }
     }
-    assert_eq!(
-        sessions[0], sessions[1],
-        "the late receiver joined the same session"
-    );
-    assert_eq!(
-        seen_by[0].systematic.len() as u64,
-        k,
-        "the first drained the pool"
-    );
+    // A late receiver of the same session: coded packets of its own stream only.
+    let late_socket = receiver_socket("127.79.3.3");
+    let late_addr = late_socket.local_addr().unwrap();
+    let mut late = Ctl::connect(server.control_addr());
+    late.hello(2, Some(late_addr));
+    let late_meta = request_segment(&mut late, "big.bin", 0, late_addr);
+    assert_eq!(late_meta.session, first_meta.session, "same session");
+    let (seen, decoded) = receive(&mut late, &late_socket, &late_meta, |_| false);
+    assert!(decoded == data, "the late receiver decoded the segment");
     assert!(
-        seen_by[1].systematic.is_empty(),
+        seen.systematic.is_empty(),
         "the late one got source symbols"
     );
-    assert!(seen_by[1].coded >= k);
-    assert_eq!(server.stats().pooled, k);
+    assert!(seen.coded >= u64::from(k));
+    seen.assert_seqs_count_from_zero("late");
+    assert_eq!(server.stats().pooled, u64::from(k));
+    // Nobody receives the session any more: the next receiver gets every source symbol again.
+    stop(&mut first, &first_meta);
+    let next_socket = receiver_socket("127.79.3.4");
+    let next_addr = next_socket.local_addr().unwrap();
+    let mut next = Ctl::connect(server.control_addr());
+    next.hello(3, Some(next_addr));
+    let next_meta = request_segment(&mut next, "big.bin", 0, next_addr);
+    assert_eq!(next_meta.session, first_meta.session, "same session");
+    let (seen, decoded) = receive(&mut next, &next_socket, &next_meta, |_| false);
+    assert!(decoded == data, "the next receiver decoded the segment");
+    assert_eq!(
+        seen.systematic.iter().copied().collect::<BTreeSet<u32>>(),
+        (0..k).collect(),
+        "a fresh pool"
+    );
+    assert_eq!(server.stats().pooled, 2 * u64::from(k));
     server.shutdown();
 }
 

@@ -11,8 +11,11 @@
 //! - Once the pool is exhausted (at once for non-systematic layouts), a receiver gets coded packets of
 //!   its own stream (its own key): its `c`-th coded packet is packet `base + c` of that stream, `base`
 //!   being `K` for systematic layouts (the stream's first coded counter) and 0 otherwise.
-//! - Symbols handed to a receiver that leaves are not handed out again: the others repair with coded
-//!   packets, so correctness never depends on the pool.
+//! - Symbols handed to a receiver that leaves are not handed out again while others receive: they
+//!   repair with coded packets, so correctness never depends on the pool. A receiver joining after
+//!   the pool ran dry gets coded packets only, unless nobody receives the session any more: then the
+//!   shard starts a fresh pool for it (no receiver present holds those symbols; a lone client that
+//!   comes back within the session's idle time decodes from copies again).
 //! - [`ReceiverStream::peek`] then [`ReceiverStream::advance`]: the shard peeks at the next plan (a GSO
 //!   batch stops where the packet length changes, at the pool → coded switch) and commits only what it
 //!   wrote. [`ReceiverStream::seq`] numbers every packet sent to the receiver, pooled or coded, from 0
