@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ccfd_proto::data::DataKey;
 use ccfd_proto::{DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta};
 use ccfd_ring::{Ring, SocketId};
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -281,7 +282,8 @@ fn receive(
     decoder.set_deferred_finish(true);
     let counters = &ctx.counters;
     let coop = &ctx.coop;
-    let key = session.key;
+    // Expanded once per session: the per-packet MAC then costs only the hash and one AES block.
+    let key = DataKey::new(&session.key);
     let mut seq_first: Option<u32> = None;
     let mut seq_max: u32 = 0;
     let mut tally = SourceTally::new(session.session.0);

@@ -218,7 +218,7 @@ fn garbage(i: usize) -> Vec<u8> {
 
 /// A well-formed data packet for `session` with a random MAC (forged: nobody outside knows the key).
 fn forged(session: u32, seq: u32) -> Vec<u8> {
-    let mut packet = vec![1u8, 0, 0, 0];
+    let mut packet = vec![ccfd_proto::data::DATA_VERSION, 0, 0, 0];
     packet.extend_from_slice(&session.to_le_bytes());
     packet.extend_from_slice(&0u32.to_le_bytes());
     packet.extend_from_slice(&seq.to_le_bytes());
