@@ -3,7 +3,8 @@
 //! Architecture (DESIGN.md §4): a control plane (tokio current-thread runtime on its own thread, TCP
 //! frames) drives `ccfd_proto::SessionTable`; one pinned shard thread per core owns the UDP sockets of
 //! its sessions (`session_id % shards`) and sends paced GSO batches of MAC-sealed snc packets through
-//! `ccfd-ring`, one fresh stream per receiver.
+//! `ccfd-ring`: a systematic session hands out each source symbol to one of its receivers (the shared
+//! pool, `shard::pool`), then every receiver gets coded packets of its own fresh stream.
 //!
 //! Entry point:
 //! ```no_run

@@ -178,7 +178,7 @@ fn source_count(meta: &SessionMeta) -> u32 {
 #[test]
 fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() {
     let (dir, data) = pool_root();
-    let server = pool_server(&dir, "127.79.1.1", 0, 40_000_000);
+    let server = pool_server(&dir, "127.79.1.1", 0, 20_000_000);
     let addr = server.control_addr();
     let barrier = Barrier::new(2);
     let results: Vec<(SessionMeta, Seen, Vec<u8>)> = std::thread::scope(|scope| {
@@ -342,7 +342,7 @@ fn a_receiver_joining_after_the_pool_ran_dry_gets_coded_packets_only() {
 #[test]
 fn a_receiver_filled_by_peers_stops_the_servers_stream() {
     let (dir, _) = pool_root();
-    const RATE: u64 = 40_000_000;
+    const RATE: u64 = 10_000_000;
     let server = pool_server(&dir, "127.79.4.1", 3, RATE);
     let socket = receiver_socket("127.79.4.2");
     let receive_addr = socket.local_addr().unwrap();
@@ -376,21 +376,22 @@ fn a_receiver_filled_by_peers_stops_the_servers_stream() {
         },
     });
     let reported = received;
-    let window = Duration::from_millis(400);
+    let window = Duration::from_secs(1);
     let end = Instant::now() + window;
     while Instant::now() < end {
         received += u64::from(recv(&socket));
     }
     let after = received - reported;
-    // What it still needs plus the window's margin (1/16 + one 64-packet batch), plus at most one
-    // batch already on its way when the report arrived.
-    let bound = u64::from(missing + missing / 16) + 64 + 64;
+    // What it still needs plus the window's margin (1/16 + one 64-packet batch), plus what was on its
+    // way (unread or sent) before the server read the report: at 10 Mbit/s (~960 packets/s), up to
+    // 130 ms of a stalled test thread on a busy host.
+    let bound = u64::from(missing + missing / 16) + 64 + 128;
     // At the receiver's share the stream would have brought this many more.
     let full_share = RATE as f64 / 8.0 / 1300.0 * window.as_secs_f64();
     assert!(
         after <= bound,
         "{after} packets after the report (bound {bound}; full share ~{full_share:.0})"
     );
-    assert!(full_share > 4.0 * bound as f64);
+    assert!(full_share > 3.0 * bound as f64);
     server.shutdown();
 }
