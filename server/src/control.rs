@@ -669,6 +669,7 @@ async fn stats_task(shards: Vec<Arc<crate::shard::ShardStats>>) {
             let rate_bps = (bytes - last.1) * 8 / ticks_per_log;
             tracing::info!(
                 packets,
+                pooled = sum(|s| &s.pooled),
                 bytes,
                 rate_bps,
                 batches = sum(|s| &s.batches),
