@@ -20,6 +20,18 @@
 //!   The *loss floor* is the least loss of the last [`FLOOR_REPORTS`] reports (at most
 //!   [`FLOOR_MAX_PPM`]): random wire loss is there at every rate and is not a reason to slow
 //!   down, whereas congestion loss vanishes after a cut.
+//!
+//!   An *arrival-driven* stream ([`RateController::set_arrival_driven`]: it relays each packet we
+//!   got once, so it sends at our arrival rate, not at its own) never settles on the receiver's
+//!   useful rate (slowing down would only delay packets that go out anyway), grows only while it
+//!   sends at least 3/4 of its rate and is trimmed to 4/3 of what it sends when it sends less (but
+//!   at least a quarter: idle streams keep their rate), so its rate stays near 4/3 of the
+//!   arrivals: enough to
+//!   catch up a backlog, never a burst on a receiver whose downlink our arrivals already fill.
+//!   It cuts only at [`ARRIVAL_LOSS_HIGH_PPM`] above the floor, below what got through measured as what it sent less the loss (the useful
+//!   rate the receiver reports would be far lower while it waits for other sources' packets).
+//!   When it turns into an encoding stream (the segment completed here) its rate starts from
+//!   what it last sent.
 //! - [`fair_shares`]: the upload cap split max-min fairly over the streams' demands.
 
 use std::collections::VecDeque;
@@ -36,6 +48,11 @@ pub const MIN_RATE_BPS: u64 = 1_000_000;
 pub const MAX_RATE_BPS: u64 = 40_000_000_000;
 /// Loss above the floor that counts as congestion (1 %).
 pub const LOSS_HIGH_PPM: u32 = 10_000;
+/// Loss above the floor that counts as congestion for an arrival-driven stream (5 %): it sends at
+/// our arrival rate, so a cut only delays what goes out anyway, and congestion at a full downlink
+/// shows as tens of percent in one report, whereas random wire loss of a few percent swings by
+/// more than [`LOSS_HIGH_PPM`] between reports.
+pub const ARRIVAL_LOSS_HIGH_PPM: u32 = 50_000;
 /// Loss above the floor under which the rate may grow (0.5 %).
 pub const LOSS_LOW_PPM: u32 = 5_000;
 /// Reports over which the loss floor is the minimum.
@@ -75,6 +92,9 @@ pub struct RateController {
     window_start_ns: u64,
     reports: u64,
     losses: VecDeque<u32>,
+    arrival_driven: bool,
+    /// What the stream sent over the last report interval.
+    last_sent_bps: u64,
 }
 
 impl RateController {
@@ -88,7 +108,24 @@ impl RateController {
             window_start_ns: now_ns,
             reports: 0,
             losses: VecDeque::with_capacity(FLOOR_REPORTS),
+            arrival_driven: false,
+            last_sent_bps: 0,
         }
+    }
+
+    /// Whether the stream relays arrivals (see the module doc). Turning it off starts the rate
+    /// from what the stream last sent (plus 1/8), if it sent less than its rate allowed.
+    pub fn set_arrival_driven(&mut self, on: bool) {
+        if self.arrival_driven && !on && self.reports >= 2 {
+            let sent = self.last_sent_bps.saturating_add(self.last_sent_bps / 8);
+            self.rate_bps = self.rate_bps.min(sent).clamp(MIN_RATE_BPS, MAX_RATE_BPS);
+        }
+        self.arrival_driven = on;
+    }
+
+    /// Whether the stream relays arrivals.
+    pub fn arrival_driven(&self) -> bool {
+        self.arrival_driven
     }
 
     /// The rate the stream may be paced at (before the upload cap's share).
@@ -123,6 +160,7 @@ impl RateController {
             return RateChange::Ignored;
         }
         let sent_bps = (self.sent_bytes as f64 * 8.0 * NANOS_PER_SEC / interval_ns as f64) as u64;
+        self.last_sent_bps = sent_bps;
         self.sent_bytes = 0;
         self.window_start_ns = now_ns;
         self.reports += 1;
@@ -138,8 +176,19 @@ impl RateController {
         let receive = stats.receive_rate_bps;
         // What we really sent: the paced rate, or less when the stream had nothing to send.
         let sent = sent_bps.min(self.rate_bps);
-        let change = if stats.loss_ppm > floor.saturating_add(LOSS_HIGH_PPM) {
-            let through = if receive > 0 {
+        let (high, low) = if self.arrival_driven {
+            (ARRIVAL_LOSS_HIGH_PPM, ARRIVAL_LOSS_HIGH_PPM + 1)
+        } else {
+            (LOSS_HIGH_PPM, LOSS_LOW_PPM)
+        };
+        let change = if stats.loss_ppm > floor.saturating_add(high) {
+            let through = if self.arrival_driven {
+                // The receiver reports its *useful* rate; a relay's packets all crossed the
+                // path: what got through is what we sent less the loss.
+                let delivered =
+                    sent as f64 * (1.0 - f64::from(stats.loss_ppm.min(1_000_000)) / 1e6);
+                receive.max(delivered as u64).min(self.rate_bps)
+            } else if receive > 0 {
                 receive.min(self.rate_bps)
             } else {
                 self.rate_bps
@@ -148,15 +197,24 @@ impl RateController {
             self.probe_step = 0;
             self.rate_bps = through / 8 * 7;
             RateChange::Cut
-        } else if receive > 0 && sent > 0 && receive < sent / 4 * 3 {
+        } else if !self.arrival_driven && receive > 0 && sent > 0 && receive < sent / 4 * 3 {
             self.ceiling_bps = Some(receive);
             self.probe_step = 0;
             self.rate_bps = receive.saturating_add(receive / 8);
             RateChange::Settled
-        } else if stats.loss_ppm < floor.saturating_add(LOSS_LOW_PPM) {
-            if sent_bps >= self.rate_bps / 2 {
+        } else if stats.loss_ppm < floor.saturating_add(low) {
+            let used = if self.arrival_driven {
+                self.rate_bps / 4 * 3
+            } else {
+                self.rate_bps / 2
+            };
+            if sent_bps >= used {
                 self.rate_bps = self.grown(receive);
                 RateChange::Grown
+            } else if self.arrival_driven && sent_bps >= self.rate_bps / 4 {
+                // Trim an allowance the arrivals do not use (an idle stream keeps it).
+                self.rate_bps = sent_bps / 3 * 4;
+                RateChange::Held
             } else {
                 RateChange::Held
             }
@@ -363,6 +421,60 @@ mod tests {
             RateChange::Settled
         );
         assert_eq!(c.rate_bps(), 45_000_000);
+    }
+
+    #[test]
+    fn an_arrival_driven_stream_stays_near_its_arrivals() {
+        // 40 Mbit/s of arrivals, reports every 100 ms, the receiver finding a third of them
+        // useless: no settling, and the rate never runs beyond 4/3 of what is sent.
+        let mut c = RateController::new(100_000_000, 0);
+        c.set_arrival_driven(true);
+        assert!(c.arrival_driven());
+        let mut now = 0;
+        for _ in 0..50 {
+            now += 100 * MS;
+            let sent = (40_000_000u64 / 80).min(c.rate_bps() / 80) as usize; // bytes in 100 ms
+            c.on_sent(sent);
+            let change = c.on_report(&report(25_000_000, 0), now);
+            assert_ne!(change, RateChange::Settled);
+        }
+        assert!(
+            c.rate_bps() <= 40_000_000 / 3 * 4 + 1_000_000,
+            "{}",
+            c.rate_bps()
+        );
+        assert!(c.rate_bps() >= 40_000_000, "{}", c.rate_bps());
+        // Below its arrivals it grows back.
+        let mut slow = RateController::new(10_000_000, 0);
+        slow.set_arrival_driven(true);
+        let mut now = 0;
+        for _ in 0..30 {
+            now += 100 * MS;
+            slow.on_sent((40_000_000u64 / 80).min(slow.rate_bps() / 80) as usize);
+            slow.on_report(&report(0, 0), now);
+        }
+        assert!(slow.rate_bps() >= 40_000_000, "{}", slow.rate_bps());
+        // Random loss swinging between 0 and 4 % is no congestion; 30 % is.
+        for (i, loss) in [0u32, 40_000, 10_000, 35_000, 0, 40_000]
+            .into_iter()
+            .enumerate()
+        {
+            now += 100 * MS;
+            slow.on_sent((40_000_000u64 / 80).min(slow.rate_bps() / 80) as usize);
+            let change = slow.on_report(&report(0, loss), now);
+            assert_ne!(change, RateChange::Cut, "report {i}");
+        }
+        now += 100 * MS;
+        slow.on_sent(500_000);
+        assert_eq!(slow.on_report(&report(0, 300_000), now), RateChange::Cut);
+        // What got through (sent less the loss), not the useful rate (0 here), sets the cut.
+        assert_eq!(slow.rate_bps(), 28_000_000 / 8 * 7);
+        // Turned into an encoding stream: from what it last sent, not from its allowance.
+        now += 100 * MS;
+        slow.on_sent(250_000); // 20 Mbit/s
+        slow.on_report(&report(0, 0), now);
+        slow.set_arrival_driven(false);
+        assert_eq!(slow.rate_bps(), 22_500_000);
     }
 
     #[test]

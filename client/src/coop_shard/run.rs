@@ -334,6 +334,8 @@ impl Shard {
             rate_bps = initial,
             "peer stream started"
         );
+        let mut control = RateController::new(initial, now);
+        control.set_arrival_driven(source == ServeSource::Recode);
         self.streams.push(ServeStream {
             id,
             segment,
@@ -348,7 +350,7 @@ impl Shard {
             generation: resume.1,
             waited_backlog: 0,
             pacer: Pacer::new(initial, min_burst, now),
-            control: RateController::new(initial, now),
+            control,
             packets: 0,
             bytes: 0,
             started_ns: now,
@@ -589,6 +591,15 @@ impl Shard {
         } else {
             None
         };
+        if coder.is_some() && stream.control.arrival_driven() {
+            // From relaying to encoding: on from the rate it relayed at, not beyond (the
+            // receiver's downlink is as full as our arrivals made it).
+            stream.control.set_arrival_driven(false);
+            let rate = stream.control.rate_bps().min(stream.pacer.rate_bps());
+            let min_burst =
+                MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&stream.layout));
+            stream.pacer.set_rate(rate, min_burst, now);
+        }
         let mut buffer = None;
         // The form of the packets of this batch (one GSO send carries datagrams of one size).
         let mut kind = PacketKind::Coded;
