@@ -17,6 +17,10 @@
 //!      doubles with every clean report (1.5 %, 3 %, 6 %, ... of the ceiling), so a link that got
 //!      faster is found in a few reports while a known bottleneck is overrun by little.
 //!
+//!   With the datagram size known ([`RateController::set_datagram_bytes`]) both loss thresholds
+//!   are at least three standard deviations of a loss rate measured over the interval's
+//!   datagrams: a slow stream's report counts few of them, and one random loss is no congestion.
+//!
 //!   The *loss floor* is the least loss of the last [`FLOOR_REPORTS`] reports (at most
 //!   [`FLOOR_MAX_PPM`]): random wire loss is there at every rate and is not a reason to slow
 //!   down, whereas congestion loss vanishes after a cut.
@@ -95,6 +99,8 @@ pub struct RateController {
     arrival_driven: bool,
     /// What the stream sent over the last report interval.
     last_sent_bps: u64,
+    /// Bytes of one datagram (0: unknown), to count the packets a loss rate is measured over.
+    datagram_bytes: u64,
 }
 
 impl RateController {
@@ -110,7 +116,26 @@ impl RateController {
             losses: VecDeque::with_capacity(FLOOR_REPORTS),
             arrival_driven: false,
             last_sent_bps: 0,
+            datagram_bytes: 0,
         }
+    }
+
+    /// The stream's datagram size: loss thresholds then widen to three standard deviations of
+    /// the loss rate measured over the datagrams of one interval (at 1 Mbit/s a report covers ten
+    /// datagrams, one random loss is 10 %: no reason to cut).
+    pub fn set_datagram_bytes(&mut self, bytes: usize) {
+        self.datagram_bytes = bytes as u64;
+    }
+
+    /// Three standard deviations of a loss rate around `floor_ppm` (at least 1 %) measured over
+    /// the datagrams of `sent_bytes`, in ppm (0 when the datagram size is unknown).
+    fn loss_noise_ppm(&self, floor_ppm: u32, sent_bytes: u64) -> u32 {
+        if self.datagram_bytes == 0 {
+            return 0;
+        }
+        let n = (sent_bytes / self.datagram_bytes).max(1) as f64;
+        let p = f64::from(floor_ppm.max(10_000)) / 1e6;
+        (3.0 * (p * (1.0 - p) / n).sqrt() * 1e6) as u32
     }
 
     /// Whether the stream relays arrivals (see the module doc). Turning it off starts the rate
@@ -161,6 +186,7 @@ impl RateController {
         }
         let sent_bps = (self.sent_bytes as f64 * 8.0 * NANOS_PER_SEC / interval_ns as f64) as u64;
         self.last_sent_bps = sent_bps;
+        let sent_bytes = self.sent_bytes;
         self.sent_bytes = 0;
         self.window_start_ns = now_ns;
         self.reports += 1;
@@ -181,6 +207,8 @@ impl RateController {
         } else {
             (LOSS_HIGH_PPM, LOSS_LOW_PPM)
         };
+        let noise = self.loss_noise_ppm(floor, sent_bytes);
+        let (high, low) = (high.max(noise), low.max(noise));
         let change = if stats.loss_ppm > floor.saturating_add(high) {
             let through = if self.arrival_driven {
                 // The receiver reports its *useful* rate; a relay's packets all crossed the
@@ -475,6 +503,36 @@ mod tests {
         slow.on_report(&report(0, 0), now);
         slow.set_arrival_driven(false);
         assert_eq!(slow.rate_bps(), 22_500_000);
+    }
+
+    #[test]
+    fn random_loss_at_a_low_rate_does_not_spiral_down() {
+        // From 2 Mbit/s of 1250-byte datagrams (20 per 100 ms report): one random loss in every
+        // third report (5 % of that report at first).
+        let mut c = RateController::new(2_000_000, 0);
+        c.set_datagram_bytes(1250);
+        let mut now = 0;
+        for i in 0..40u32 {
+            now += 100 * MS;
+            let bytes = c.rate_bps() / 80;
+            c.on_sent(bytes as usize);
+            let datagrams = (bytes / 1250).max(1) as u32;
+            let loss = if i % 3 == 0 { 1_000_000 / datagrams } else { 0 };
+            let receive = c.rate_bps() / 20 * 19;
+            assert_ne!(
+                c.on_report(&report(receive, loss), now),
+                RateChange::Cut,
+                "{i}"
+            );
+        }
+        assert!(c.rate_bps() > 2_000_000, "{}", c.rate_bps());
+        // Heavy loss still cuts.
+        now += 100 * MS;
+        c.on_sent((c.rate_bps() / 80) as usize);
+        assert_eq!(
+            c.on_report(&report(1_000_000, 500_000), now),
+            RateChange::Cut
+        );
     }
 
     #[test]

@@ -336,6 +336,7 @@ impl Shard {
         );
         let mut control = RateController::new(initial, now);
         control.set_arrival_driven(source == ServeSource::Recode);
+        control.set_datagram_bytes(DataPacket::sealed_len(packet::max_len(&layout)));
         self.streams.push(ServeStream {
             id,
             segment,
