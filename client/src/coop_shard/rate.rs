@@ -32,7 +32,8 @@
 //!   at least a quarter: idle streams keep their rate), so its rate stays near 4/3 of the
 //!   arrivals: enough to
 //!   catch up a backlog, never a burst on a receiver whose downlink our arrivals already fill.
-//!   It cuts only at [`ARRIVAL_LOSS_HIGH_PPM`] above the floor, below what got through measured as what it sent less the loss (the useful
+//!   It cuts only at [`ARRIVAL_LOSS_HIGH_PPM`] above the floor (keeping no ceiling: it grows
+//!   back x1.5 per clean report), below what got through measured as what it sent less the loss (the useful
 //!   rate the receiver reports would be far lower while it waits for other sources' packets).
 //!   When it turns into an encoding stream (the segment completed here) its rate starts from
 //!   what it last sent.
@@ -221,7 +222,9 @@ impl RateController {
             } else {
                 self.rate_bps
             };
-            self.ceiling_bps = Some(through);
+            // An arrival-driven stream keeps no ceiling: the congestion was a moment's (the
+            // arrivals bound its rate anyway), so it grows back x1.5 per clean report.
+            self.ceiling_bps = (!self.arrival_driven).then_some(through);
             self.probe_step = 0;
             self.rate_bps = through / 8 * 7;
             RateChange::Cut

@@ -407,12 +407,20 @@ impl Shard {
 
     fn log_stop(&self, stream: &ServeStream, why: &'static str) {
         let elapsed_ns = self.now_ns().saturating_sub(stream.started_ns).max(1);
+        // Arrivals of the stream's buffer it had not sent yet (how far it lagged).
+        let unsent = match &self.receiving {
+            Some(b) if b.segment == stream.segment && b.generation == stream.generation => {
+                b.recoder.arrivals().saturating_sub(stream.cursor)
+            }
+            _ => 0,
+        };
         tracing::debug!(
             link = stream.id.link.0,
             session = stream.id.session.0,
             segment = stream.segment,
             why,
             packets = stream.packets,
+            unsent,
             bytes = stream.bytes,
             mean_bps = (stream.bytes as f64 * 8e9 / elapsed_ns as f64) as u64,
             rate_bps = stream.control.rate_bps(),
