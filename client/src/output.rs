@@ -1,5 +1,9 @@
-//! The partial output `PATH.part`: preallocated, mapped `MAP_SHARED` read-write so the decoder writes each
-//! segment in place, and on success flushed, fsynced and renamed to `PATH` (with the directory fsynced).
+//! The partial output `PATH.part`: preallocated and mapped `MAP_SHARED`; the decoder thread decodes each
+//! segment into a reused buffer and writes it with [`PartFile::write_segment`] (`pwrite`), which costs
+//! about a third of first-touch page faults on the mapping (tmpfs, measured: 0.8 vs 0.2-0.3 GB/s
+//! of fresh pages); on success the file is flushed, fsynced and renamed to `PATH` (with the directory
+//! fsynced). The mapping serves reads ([`PartFile::segment`]: resume checks) and in-place writes
+//! ([`PartFile::segment_mut`]).
 //!
 //! The `.part` file is locked (`flock`, exclusive) while open, so two clients never write one output.
 //!
@@ -134,6 +138,14 @@ impl PartFile {
         }
     }
 
+    /// Writes `bytes` at byte `offset` of the output (`pwrite`; the mapping sees them at once).
+    pub fn write_segment(&self, offset: usize, bytes: &[u8]) -> Result<(), ClientError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(bytes, offset as u64)
+            .map_err(|e| ClientError::output("write", &self.part, e))
+    }
+
     /// Starts writeback of `range` (does not wait; durability comes from [`PartFile::finish`], and a
     /// resumed client re-verifies the digests of segments its record marks complete).
     pub fn flush_segment(&self, range: Range<usize>) -> Result<(), ClientError> {
@@ -195,7 +207,8 @@ mod tests {
         let mut part = PartFile::open(&out, 10_000, false).unwrap();
         assert_eq!(std::fs::metadata(part_path(&out)).unwrap().len(), 10_000);
         part.segment_mut(0..5000).fill(1);
-        part.segment_mut(5000..10_000).fill(2);
+        part.write_segment(5000, &[2; 5000]).unwrap();
+        assert!(part.segment(5000..10_000).iter().all(|&b| b == 2));
         part.flush_segment(0..5000).unwrap();
         assert!(part.segment(4990..5010).starts_with(&[1; 10]));
         part.finish().unwrap();

@@ -1,6 +1,8 @@
 //! The decoder thread: receives data packets on the client's UDP socket through `ccfd-ring`, checks
-//! header, session and MAC, decodes straight into the mmapped output, verifies each segment's BLAKE3
-//! digest and records completed segments in the resume record.
+//! header, session and MAC, decodes into a segment buffer reused from segment to segment (its pages
+//! stay mapped, so decoding never faults), verifies each segment's BLAKE3 digest, writes the verified
+//! segment into the output with one `pwrite` and records it in the resume record. A segment that fails
+//! its digest never reaches the output file.
 //!
 //! It is driven by [`DecoderCommand`]s from the control thread (sent on a channel, then the ring's
 //! [`Waker`](ccfd_ring::Waker) fired) and reports [`DecoderEvent`]s back:
@@ -174,6 +176,7 @@ fn run_inner(
 ) -> Result<bool, ClientError> {
     let mut finished: VecDeque<SessionId> = VecDeque::with_capacity(FINISHED_SESSIONS);
     let mut pending: Option<DecoderCommand> = None;
+    let mut buffer = SegmentBuffer::default();
     loop {
         let command = match pending.take() {
             Some(command) => command,
@@ -186,7 +189,15 @@ fn run_inner(
             DecoderCommand::Start(meta) => (meta, None),
             DecoderCommand::StartServerOnly { meta, server } => (meta, Some(server)),
         };
-        let outcome = receive(ring, socket, part, ctx, &session, &finished, server_only)?;
+        let outcome = receive(
+            ring,
+            socket,
+            &mut buffer,
+            ctx,
+            &session,
+            &finished,
+            server_only,
+        )?;
         if finished.len() == FINISHED_SESSIONS {
             finished.pop_front();
         }
@@ -195,7 +206,7 @@ fn run_inner(
         match outcome {
             Outcome::Decoded => {
                 // `receive` already sent `Decoded`.
-                let ok = verify(part, ctx, session.segment)?;
+                let ok = verify(part, &buffer, ctx, session.segment)?;
                 let _ = ctx.events.send(DecoderEvent::Verified {
                     segment: session.segment,
                     ok,
@@ -243,11 +254,35 @@ fn idle(
     }
 }
 
-/// Receives and decodes one session's segment into the output.
+/// The decode target, kept across segments so its pages are faulted in once per download.
+#[derive(Default)]
+struct SegmentBuffer {
+    bytes: Vec<u8>,
+    /// Length of the segment it holds (or is decoding).
+    len: usize,
+}
+
+impl SegmentBuffer {
+    /// The first `len` bytes, grown (zero-filled) if needed; their content is whatever the last
+    /// segment left, which the decoder overwrites.
+    fn take(&mut self, len: usize) -> &mut [u8] {
+        if self.bytes.len() < len {
+            self.bytes.resize(len, 0);
+        }
+        self.len = len;
+        &mut self.bytes[..len]
+    }
+
+    fn segment(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Receives and decodes one session's segment into `buffer`.
 fn receive(
     ring: &mut Ring,
     socket: SocketId,
-    part: &mut PartFile,
+    buffer: &mut SegmentBuffer,
     ctx: &DecoderContext,
     session: &SessionMeta,
     finished: &VecDeque<SessionId>,
@@ -274,7 +309,7 @@ fn receive(
     live.active.store(true, Ordering::Relaxed);
 
     let mut decoder =
-        Decoder::new(&layout, part.segment_mut(range)).map_err(|e| ClientError::Protocol {
+        Decoder::new(&layout, buffer.take(range.len())).map_err(|e| ClientError::Protocol {
             server: String::new(),
             detail: format!("decoder setup: {e}"),
         })?;
@@ -453,16 +488,21 @@ fn receive(
     Ok(Outcome::Decoded)
 }
 
-/// Checks the decoded segment's digest; on success records it as complete (resume record rewritten).
+/// Checks the decoded segment's digest; on success writes it into the output and records it as
+/// complete (resume record rewritten).
 fn verify(
     part: &mut PartFile,
+    buffer: &SegmentBuffer,
     ctx: &mut DecoderContext,
     segment: u32,
 ) -> Result<bool, ClientError> {
     let range = segment_range(&ctx.meta, segment).unwrap_or(0..0);
+    let decoded = buffer.segment();
     let expected = ctx.meta.digests.get(segment as usize);
-    let ok = expected.is_some_and(|d| blake3::hash(part.segment(range.clone())).as_bytes() == d);
+    let ok = decoded.len() == range.len()
+        && expected.is_some_and(|d| blake3::hash(decoded).as_bytes() == d);
     if ok {
+        part.write_segment(range.start, decoded)?;
         part.flush_segment(range.clone())?;
         ctx.record.set_complete(segment, true);
         ctx.record
