@@ -2,7 +2,8 @@
 //!
 //! One JSON line per configuration on stdout (progress on stderr). For every segment size,
 //! field (GF(2), GF(2^8)), systematic off/on and loss (0 %, 10 %), with 1280-byte symbols and
-//! the default band code (subgenerations of 64, stride 16, default check count):
+//! the default band code (subgenerations of 64, stride 16, default check count, `--density`
+//! coefficients; `sparse` in the output says whether the layout's coded packets are sparse):
 //! * `encode_mbps`: symbol bytes written per second by `Encoder::write_next` for the packets
 //!   of one decode (median of `--runs`);
 //! * `decode_mbps`: segment bytes per second of `Decoder::new` plus every push until complete,
@@ -30,7 +31,7 @@ use snc::encoder::{Encoder, PacketPlan, Stream};
 use snc::packet::{self, Header};
 use snc::prng::Prng;
 use snc::recoder::Recoder;
-use snc::{CodeParams, Field, Layout};
+use snc::{CodeParams, Density, Field, Layout};
 use std::time::{Duration, Instant};
 
 /// CPU time consumed by the calling thread (immune to the other processes sharing the cores).
@@ -67,6 +68,18 @@ pub struct CodecArgs {
     /// Precode check count (default: the layout's rule, `snc::layout::default_checks`).
     #[arg(long)]
     checks: Option<u32>,
+    /// Coefficient density of coded packets: `sparse` (the default: packet format 2 for
+    /// non-systematic codes) or `uniform` (packet format 1).
+    #[arg(long, default_value = "sparse", value_parser = parse_density)]
+    density: Density,
+}
+
+fn parse_density(s: &str) -> Result<Density, String> {
+    match s {
+        "sparse" => Ok(Density::Sparse),
+        "uniform" => Ok(Density::Uniform),
+        other => Err(format!("unknown density {other:?} (sparse or uniform)")),
+    }
 }
 
 /// One output line.
@@ -81,6 +94,7 @@ struct Report {
     k: u32,
     checks: u32,
     kernel: &'static str,
+    sparse: bool,
     encode_mbps: f64,
     encode_cpu_mbps: f64,
     decode_mbps: f64,
@@ -271,6 +285,7 @@ fn run_config(
         .field(field)
         .systematic(systematic)
         .checks(args.checks)
+        .density(args.density)
         .validate()?;
     if layout.source_count() == 0 {
         bail!("segment size must be positive");
@@ -378,6 +393,7 @@ fn run_config(
         k: layout.source_count(),
         checks: layout.check_count(),
         kernel: snc::field::Kernel::best().name(),
+        sparse: layout.sparse(),
         encode_mbps: median(enc_rates),
         encode_cpu_mbps: median(enc_cpu),
         decode_mbps: median(dec_rates),

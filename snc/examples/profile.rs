@@ -1,5 +1,6 @@
 //! Profiling harness (not a benchmark): `cargo run --release -p snc --example profile --
-//! <what> [MiB] [field] [reps] [checks]` with `what` = decode | encode | recode | relayov. Runs one configuration
+//! <what> [MiB] [field] [reps] [checks|-] [sparse|uniform]` with `what` = decode | encode | recode | relayov |
+//! overhead (received / K over `reps` streams, no timing). Runs one configuration
 //! (band code, 1280-byte symbols, non-systematic, 10 % loss) `reps` times and prints the
 //! thread-CPU MB/s of each run, so `valgrind --tool=callgrind` or `perf` can look inside.
 
@@ -10,7 +11,7 @@ use snc::encoder::{Encoder, Stream};
 use snc::packet;
 use snc::prng::Prng;
 use snc::recoder::Recoder;
-use snc::{CodeParams, Field};
+use snc::{CodeParams, Density, Field};
 use std::time::Duration;
 
 /// Thread CPU time: the machine is shared, wall time is meaningless under load.
@@ -41,10 +42,18 @@ fn main() {
     };
     let reps: usize = args.get(4).map_or(3, |s| s.parse().expect("reps"));
     let len = mib << 20;
-    let checks: Option<u32> = args.get(5).map(|s| s.parse().expect("checks"));
+    let checks: Option<u32> = args
+        .get(5)
+        .filter(|s| s.as_str() != "-")
+        .map(|s| s.parse().expect("checks"));
+    let density = match args.get(6).map(|s| s.as_str()) {
+        Some("uniform") => Density::Uniform,
+        _ => Density::Sparse,
+    };
     let layout = CodeParams::new(len as u64)
         .field(field)
         .checks(checks)
+        .density(density)
         .validate()
         .unwrap();
     let mut data = vec![0u8; len];
@@ -55,6 +64,48 @@ fn main() {
     let count = k * 120 / 100 + 64;
     let mut all = vec![0u8; count * slot];
     let mut lens = Vec::with_capacity(count);
+    if what == "overhead" {
+        // Received packets / K at completion over `reps` streams, 10 % loss (headers only: a
+        // counting decoder never reads symbols).
+        let slot = packet::max_len(&layout);
+        let mut buf = vec![0u8; slot];
+        let mut ratios = Vec::new();
+        for r in 0..reps {
+            let mut s = Stream::new(1000 + r as u64);
+            let mut loss = Prng::new(50 + r as u64);
+            let mut dec = Decoder::counting(&layout).unwrap();
+            let mut got = 0u64;
+            loop {
+                let plan = enc.next_plan(&mut s).unwrap();
+                if loss.below(10) == 0 {
+                    continue;
+                }
+                let header = match plan {
+                    snc::encoder::PacketPlan::Systematic { index } => {
+                        packet::Header::Systematic { index }
+                    }
+                    snc::encoder::PacketPlan::Coded { subgen, seed } => {
+                        packet::Header::Coded { subgen, seed }
+                    }
+                };
+                packet::write_header(&layout, &header, &mut buf).unwrap();
+                let n = packet::len(&layout, header.kind());
+                got += 1;
+                if dec.push(&buf[..n]).unwrap() == Progress::Complete {
+                    break;
+                }
+            }
+            ratios.push(got as f64 / k as f64);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+        let p99 = ratios[(ratios.len() * 99 / 100).min(ratios.len() - 1)];
+        println!(
+            "overhead mean {mean:.5} p99 {p99:.5} max {:.5}",
+            ratios[ratios.len() - 1]
+        );
+        return;
+    }
     for r in 0..reps {
         let mut s = Stream::new(1 + r as u64);
         lens.clear();

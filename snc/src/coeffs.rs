@@ -6,19 +6,28 @@
 //! packet. A [`CoeffRow`] holds the window and its coefficients, bit-packed for GF(2) (bit `j`
 //! of word `j / 64`) and one byte per position for GF(2^8).
 //!
-//! Coefficients of a coded packet are regenerated from its seed with [`crate::prng::word`]:
-//! * GF(2): word `i` gives positions `64 i .. 64 i + 63` (bit `b` = position `64 i + b`);
+//! Coefficients of a coded packet are regenerated from its seed with [`crate::prng::word`]
+//! `word(seed, i)`, written `w(i)` below. Uniform coefficients ([`Density::Uniform`], packet
+//! format 1):
+//! * GF(2): `w(i)` gives positions `64 i .. 64 i + 63` (bit `b` = position `64 i + b`);
 //!   bits beyond the window are cleared.
-//! * GF(2^8): word `i` gives positions `8 i .. 8 i + 7` (little-endian byte `b` = position
+//! * GF(2^8): `w(i)` gives positions `8 i .. 8 i + 7` (little-endian byte `b` = position
 //!   `8 i + b`).
-//! * If every coefficient came out zero, position 0 is set to 1 (a zero vector carries no
-//!   information; this only matters for windows of a few columns).
+//!
+//! Sparse coefficients ([`Density::Sparse`] when [`Layout::sparse`], packet format 2), each
+//! non-zero with probability 1/8:
+//! * GF(2): positions `64 i ..` come from `w(3i) & w(3i + 1) & w(3i + 2)`, bits as above.
+//! * GF(2^8): positions `8 i ..` take byte `b` of `w(2i)` where byte `b` of the mask
+//!   `w(2i + 1)` has its low three bits clear, and 0 elsewhere.
+//!
+//! Either way, if every coefficient came out zero, position 0 is set to 1 (a zero vector
+//! carries no information; this matters for small windows and rare sparse draws).
 //!
 //! Encoders, decoders and the recoder all go through this module, so they cannot disagree.
 
 use crate::layout::{Layout, SubgenColumns};
 use crate::packet::{Header, PacketError};
-use crate::params::Field;
+use crate::params::{Density, Field};
 use crate::prng::word;
 
 /// Fills `out[..len.div_ceil(64)]` with the GF(2) coefficients of seed `seed` over `len`
@@ -41,6 +50,76 @@ pub fn gf2_from_seed(seed: u64, len: usize, out: &mut [u64]) {
         if let Some(first) = out.first_mut() {
             *first = 1;
         }
+    }
+}
+
+/// Fills `out[..len.div_ceil(64)]` with the sparse GF(2) coefficients of seed `seed` over
+/// `len` positions (`len >= 1`; density 1/8, see the module docs).
+pub fn gf2_sparse_from_seed(seed: u64, len: usize, out: &mut [u64]) {
+    let words = len.div_ceil(64);
+    let out = &mut out[..words];
+    for (i, w) in out.iter_mut().enumerate() {
+        let i = 3 * i as u64;
+        *w = word(seed, i) & word(seed, i + 1) & word(seed, i + 2);
+    }
+    let spare = words * 64 - len;
+    if let Some(last) = out.last_mut() {
+        *last &= u64::MAX >> spare;
+    }
+    if out.iter().all(|&w| w == 0) {
+        if let Some(first) = out.first_mut() {
+            *first = 1;
+        }
+    }
+}
+
+/// Fills `out[..len]` with the sparse GF(2^8) coefficients of seed `seed` (`len >= 1`;
+/// density 1/8, see the module docs).
+pub fn gf256_sparse_from_seed(seed: u64, len: usize, out: &mut [u8]) {
+    let out = &mut out[..len];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let i = 2 * i as u64;
+        let (value, mask) = (word(seed, i), word(seed, i + 1));
+        // Keep byte b iff bits 8b..8b+2 of the mask are clear.
+        let keep = !(mask | mask >> 1 | mask >> 2) & 0x0101_0101_0101_0101;
+        let w = (value & (keep * 0xFF)).to_le_bytes();
+        chunk.copy_from_slice(&w[..chunk.len()]);
+    }
+    if out.iter().all(|&b| b == 0) {
+        if let Some(first) = out.first_mut() {
+            *first = 1;
+        }
+    }
+}
+
+/// Fills `out[..len.div_ceil(64)]` with the GF(2) coefficients of seed `seed` for a layout of
+/// the given sparseness ([`Layout::sparse`]).
+#[inline]
+pub fn gf2_coefficients(sparse: bool, seed: u64, len: usize, out: &mut [u64]) {
+    if sparse {
+        gf2_sparse_from_seed(seed, len, out)
+    } else {
+        gf2_from_seed(seed, len, out)
+    }
+}
+
+/// Fills `out[..len]` with the GF(2^8) coefficients of seed `seed` for a layout of the given
+/// sparseness ([`Layout::sparse`]).
+#[inline]
+pub fn gf256_coefficients(sparse: bool, seed: u64, len: usize, out: &mut [u8]) {
+    if sparse {
+        gf256_sparse_from_seed(seed, len, out)
+    } else {
+        gf256_from_seed(seed, len, out)
+    }
+}
+
+/// The density a layout's coded packets use, as [`Layout::sparse`] decides it.
+pub fn density(layout: &Layout) -> Density {
+    if layout.sparse() {
+        Density::Sparse
+    } else {
+        Density::Uniform
     }
 }
 
@@ -137,10 +216,13 @@ impl CoeffRow {
         };
         let len = layout.window() as usize;
         self.len = len;
+        let sparse = layout.sparse();
         match (*header, self.field) {
-            (Header::Coded { seed, .. }, Field::Gf2) => gf2_from_seed(seed, len, &mut self.bits),
+            (Header::Coded { seed, .. }, Field::Gf2) => {
+                gf2_coefficients(sparse, seed, len, &mut self.bits)
+            }
             (Header::Coded { seed, .. }, Field::Gf256) => {
-                gf256_from_seed(seed, len, &mut self.bytes)
+                gf256_coefficients(sparse, seed, len, &mut self.bytes)
             }
             (Header::Recoded { coeffs, .. }, field) => {
                 let need = crate::packet::vector_len(layout);
@@ -255,6 +337,89 @@ mod tests {
     }
 
     #[test]
+    fn sparse_layout_and_density() {
+        let mut w = [0u64; 2];
+        gf2_sparse_from_seed(5, 70, &mut w);
+        assert_eq!(w[0], word(5, 0) & word(5, 1) & word(5, 2));
+        assert_eq!(w[1], word(5, 3) & word(5, 4) & word(5, 5) & 0x3F);
+        let mut b = [0u8; 20];
+        for seed in 0..20 {
+            gf256_sparse_from_seed(seed, 20, &mut b);
+            let expect: Vec<u8> = (0..20)
+                .map(|j| {
+                    let (i, k) = (j / 8, j % 8);
+                    let mask = word(seed, 2 * i as u64 + 1).to_le_bytes()[k];
+                    let value = word(seed, 2 * i as u64).to_le_bytes()[k];
+                    if mask & 7 == 0 {
+                        value
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            if expect.iter().all(|&c| c == 0) {
+                assert_eq!(b[0], 1);
+            } else {
+                assert_eq!(&b[..], &expect[..], "seed {seed}");
+            }
+        }
+        // Density 1/8 over many draws, in both fields.
+        let (mut ones, mut nonzero) = (0u32, 0u32);
+        let mut bytes = [0u8; 64];
+        for s in 0..1000 {
+            gf2_sparse_from_seed(s, 64, &mut w);
+            ones += w[0].count_ones();
+            gf256_sparse_from_seed(s, 64, &mut bytes);
+            nonzero += bytes.iter().filter(|&&c| c != 0).count() as u32;
+        }
+        for count in [ones, nonzero] {
+            let d = count as f64 / 64_000.0;
+            assert!((0.11..0.14).contains(&d), "density {d}");
+        }
+        // Never the zero vector.
+        let mut one = [0u64; 1];
+        let mut byte = [0u8; 1];
+        for s in 0..200 {
+            gf2_sparse_from_seed(s, 3, &mut one);
+            assert_ne!(one[0], 0);
+            gf256_sparse_from_seed(s, 1, &mut byte);
+            assert_ne!(byte[0], 0);
+        }
+    }
+
+    #[test]
+    fn sparse_only_for_wide_windows() {
+        let wide = CodeParams::new(100_000)
+            .symbol_size(100)
+            .validate()
+            .unwrap();
+        assert!(wide.sparse());
+        assert_eq!(density(&wide), Density::Sparse);
+        let narrow = CodeParams::new(100_000)
+            .symbol_size(100)
+            .subgen_size(32)
+            .validate()
+            .unwrap();
+        assert!(!narrow.sparse());
+        let uniform = CodeParams::new(100_000)
+            .symbol_size(100)
+            .density(Density::Uniform)
+            .validate()
+            .unwrap();
+        assert!(!uniform.sparse());
+        let systematic = CodeParams::new(100_000)
+            .symbol_size(100)
+            .systematic(true)
+            .validate()
+            .unwrap();
+        assert!(!systematic.sparse());
+        let mut row = CoeffRow::new(&wide);
+        row.expand(&wide, &Header::Coded { subgen: 3, seed: 9 })
+            .unwrap();
+        assert_eq!(row.gf2_words()[0], word(9, 0) & word(9, 1) & word(9, 2));
+    }
+
+    #[test]
     fn wire_round_trip() {
         let mut w = [0u64; 2];
         gf2_from_seed(11, 70, &mut w);
@@ -269,6 +434,7 @@ mod tests {
     fn expand_each_kind() {
         let l = CodeParams::new(100_000)
             .symbol_size(100)
+            .density(Density::Uniform)
             .validate()
             .unwrap();
         let mut row = CoeffRow::new(&l);
@@ -306,6 +472,7 @@ mod tests {
 
         let l = CodeParams::new(100_000)
             .symbol_size(100)
+            .density(Density::Uniform)
             .kind(CodeKind::Random)
             .validate()
             .unwrap();

@@ -22,12 +22,13 @@
 //!     the band's end columns, covered by fewer windows, with the interior (the reference's
 //!     `banded_nonuniform_sched` generalised to any stride, SNC-REFERENCE §3.9);
 //!   - the coefficient seed is [`crate::prng::derive`]`(key, n)`.
-//! * Locality: a GF(2) coded packet is one fused `xor_multi` over the ~`window/2` selected
-//!   symbols of its window. [`Encoder::write_batch`] writes the packets of each subgeneration
-//!   together so the window (80 KiB by default) stays in L2; give several receivers the same
+//! * Locality: a GF(2) coded packet is one fused `xor_multi` over the selected symbols of its
+//!   window (~`window/8` with the default sparse coefficients, ~`window/2` uniform).
+//!   [`Encoder::write_batch`] writes the packets of each subgeneration together so the
+//!   window (80 KiB by default) stays in L2; give several receivers the same
 //!   schedule key ([`Stream::with_schedule`]) and batch one packet per receiver to profit.
 
-use crate::coeffs::{gf256_from_seed, gf2_from_seed};
+use crate::coeffs::{gf256_coefficients, gf2_coefficients};
 use crate::field::Kernel;
 use crate::layout::{Layout, SubgenColumns};
 use crate::packet::{self, Header, PacketError, PacketKind};
@@ -403,7 +404,7 @@ impl<'a> Encoder<'a> {
         match self.layout.field() {
             Field::Gf2 => {
                 let mut words = [0u64; MAX_SUBGEN_SIZE as usize / 64];
-                gf2_from_seed(seed, w, &mut words);
+                gf2_coefficients(self.layout.sparse(), seed, w, &mut words);
                 // One fused pass per 64 positions (one pass for the default window of 64).
                 let mut srcs: [&[u8]; 64] = [&[]; 64];
                 let s = self.layout.symbol_size();
@@ -436,7 +437,7 @@ impl<'a> Encoder<'a> {
             }
             Field::Gf256 => {
                 let mut coefs = [0u8; MAX_SUBGEN_SIZE as usize];
-                gf256_from_seed(seed, w, &mut coefs);
+                gf256_coefficients(self.layout.sparse(), seed, w, &mut coefs);
                 let mut srcs: [(&[u8], u8); 64] = [(&[], 0); 64];
                 for (ci, chunk) in coefs[..w].chunks(64).enumerate() {
                     let mut m = 0;

@@ -298,6 +298,14 @@ impl Layout {
         self.window
     }
 
+    /// Whether coded packets draw sparse coefficients: [`crate::params::Density::Sparse`] in a
+    /// non-systematic code with windows of at least [`crate::params::SPARSE_MIN_WINDOW`] columns.
+    pub fn sparse(&self) -> bool {
+        self.params.density == crate::params::Density::Sparse
+            && !self.params.systematic
+            && self.window >= crate::params::SPARSE_MIN_WINDOW
+    }
+
     /// Stride between consecutive subgenerations.
     pub fn stride(&self) -> u32 {
         self.params.stride

@@ -28,4 +28,4 @@ pub mod recoder;
 
 pub use layout::Layout;
 pub use packet::{PacketError, PacketKind, PacketView};
-pub use params::{CodeKind, CodeParams, Field, ParamError};
+pub use params::{CodeKind, CodeParams, Density, Field, ParamError};

@@ -1,18 +1,22 @@
-//! The coded-packet payload format (version 1).
+//! The coded-packet payload format (versions 1 and 2).
 //!
 //! Little-endian, no padding:
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | version = 1 |
-//! | 1 | 1 | flags: bit 0 = GF(2^8) field, bit 1 = systematic, bit 2 = recoded (explicit vector); other bits 0 |
+//! | 0 | 1 | version: 2 for a coded packet with sparse coefficients, else 1 |
+//! | 1 | 1 | flags: bit 0 = GF(2^8) field, bit 1 = systematic, bit 2 = recoded (explicit vector), bit 3 = sparse coefficients (set exactly in version 2); other bits 0 |
 //! | 2 | 2 | reserved, 0 |
 //! | 4 | 4 | index: source symbol index (`< K`) if systematic, else subgeneration id (`< G`) |
 //! | 8 | V | coded: `u64` coefficient seed (V = 8); recoded: coefficient vector (V = `ceil(w/8)` bytes LSB-first for GF(2), `w` bytes for GF(2^8), `w` = [`Layout::window`]); systematic: nothing (V = 0) |
 //! | 8+V | S | the symbol, exactly `symbol_size` bytes |
 //!
 //! Systematic and recoded are mutually exclusive. A coded packet's coefficients are regenerated
-//! from its seed by [`crate::coeffs`]. Unused bits of a GF(2) vector's last byte must be 0, so
+//! from its seed by [`crate::coeffs`]: uniform ones in version 1, sparse ones in version 2
+//! (added for encoder and decoder speed; version 1 is unchanged and still read and written).
+//! The density is a code parameter ([`crate::Density`], [`Layout::sparse`]): a layout's coded
+//! packets are all of one version, and [`parse`] rejects a coded packet of the other with
+//! [`PacketError::Density`]. Unused bits of a GF(2) vector's last byte must be 0, so
 //! every accepted packet has exactly one encoding.
 //!
 //! [`parse`] checks everything against the [`Layout`] (version, flags, the field, index range,
@@ -22,8 +26,11 @@ use crate::layout::Layout;
 use crate::params::Field;
 use thiserror::Error;
 
-/// The only format version this crate reads and writes.
+/// Format version 1: every packet that is not a sparse coded packet (systematic, recoded and
+/// uniform coded packets).
 pub const VERSION: u8 = 1;
+/// Format version 2: coded packets with sparse coefficients ([`FLAG_SPARSE`]).
+pub const VERSION_SPARSE: u8 = 2;
 /// Size of the fixed header (version, flags, reserved, index).
 pub const HEADER_LEN: usize = 8;
 /// Flag: coefficients are GF(2^8) elements.
@@ -32,7 +39,9 @@ pub const FLAG_GF256: u8 = 0x01;
 pub const FLAG_SYSTEMATIC: u8 = 0x02;
 /// Flag: the packet carries an explicit coefficient vector (recoded).
 pub const FLAG_RECODED: u8 = 0x04;
-const KNOWN_FLAGS: u8 = FLAG_GF256 | FLAG_SYSTEMATIC | FLAG_RECODED;
+/// Flag (version 2 only, coded packets only): the seed expands to sparse coefficients.
+pub const FLAG_SPARSE: u8 = 0x08;
+const KNOWN_FLAGS: u8 = FLAG_GF256 | FLAG_SYSTEMATIC | FLAG_RECODED | FLAG_SPARSE;
 
 /// Which of the three packet forms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +113,14 @@ pub enum PacketError {
     /// Unknown flag bits, or systematic and recoded together.
     #[error("invalid flags {0:#04x}")]
     Flags(u8),
+    /// A coded packet's coefficient density differs from the code's ([`Layout::sparse`]).
+    #[error("packet coefficients sparse = {packet}, the code's sparse = {code}")]
+    Density {
+        /// Whether the packet says sparse.
+        packet: bool,
+        /// Whether the layout is sparse.
+        code: bool,
+    },
     /// The reserved field is not zero.
     #[error("reserved field is {0:#06x}, must be 0")]
     Reserved(u16),
@@ -178,12 +195,16 @@ pub fn parse<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<PacketView<'a>, Pac
     if bytes.len() < HEADER_LEN {
         return Err(PacketError::Truncated { got: bytes.len() });
     }
-    if bytes[0] != VERSION {
-        return Err(PacketError::Version(bytes[0]));
+    let version = bytes[0];
+    if version != VERSION && version != VERSION_SPARSE {
+        return Err(PacketError::Version(version));
     }
     let flags = bytes[1];
+    let sparse = flags & FLAG_SPARSE != 0;
     if flags & !KNOWN_FLAGS != 0
         || flags & (FLAG_SYSTEMATIC | FLAG_RECODED) == FLAG_SYSTEMATIC | FLAG_RECODED
+        || sparse != (version == VERSION_SPARSE)
+        || (sparse && flags & (FLAG_SYSTEMATIC | FLAG_RECODED) != 0)
     {
         return Err(PacketError::Flags(flags));
     }
@@ -210,6 +231,12 @@ pub fn parse<'a>(layout: &Layout, bytes: &'a [u8]) -> Result<PacketView<'a>, Pac
     } else {
         PacketKind::Coded
     };
+    if kind == PacketKind::Coded && sparse != layout.sparse() {
+        return Err(PacketError::Density {
+            packet: sparse,
+            code: layout.sparse(),
+        });
+    }
     let (what, limit) = match kind {
         PacketKind::Systematic => ("source index", layout.source_count()),
         _ => ("subgeneration", layout.subgen_count()),
@@ -288,6 +315,9 @@ pub fn write_header<'o>(
         }
         Header::Coded { subgen, .. } => {
             check_index("subgeneration", subgen, layout.subgen_count())?;
+            if layout.sparse() {
+                flags |= FLAG_SPARSE;
+            }
             subgen
         }
         Header::Recoded { subgen, coeffs } => {
@@ -306,7 +336,11 @@ pub fn write_header<'o>(
         }
     };
     let out = &mut out[..needed];
-    out[0] = VERSION;
+    out[0] = if flags & FLAG_SPARSE != 0 {
+        VERSION_SPARSE
+    } else {
+        VERSION
+    };
     out[1] = flags;
     out[2..4].fill(0);
     out[4..8].copy_from_slice(&index.to_le_bytes());
@@ -389,14 +423,49 @@ mod tests {
         let mut buf = vec![0u8; len(&l, PacketKind::Coded)];
         write_header(&l, &Header::Coded { subgen: 0, seed: 1 }, &mut buf).unwrap();
         assert!(parse(&l, &buf).is_ok());
+        assert_eq!((buf[0], buf[1]), (VERSION_SPARSE, FLAG_SPARSE));
         let mut b = buf.clone();
-        b[0] = 2;
-        assert_eq!(parse(&l, &b), Err(PacketError::Version(2)));
+        b[0] = 3;
+        assert_eq!(parse(&l, &b), Err(PacketError::Version(3)));
         let mut b = buf.clone();
         b[1] = FLAG_SYSTEMATIC | FLAG_RECODED;
         assert_eq!(parse(&l, &b), Err(PacketError::Flags(6)));
+        // Version 2 exactly with the sparse flag, and only on coded packets.
         let mut b = buf.clone();
-        b[1] = FLAG_GF256;
+        b[1] = 0;
+        assert_eq!(parse(&l, &b), Err(PacketError::Flags(0)));
+        let mut b = buf.clone();
+        b[0] = VERSION;
+        assert_eq!(parse(&l, &b), Err(PacketError::Flags(FLAG_SPARSE)));
+        let mut b = buf.clone();
+        b[1] = FLAG_SPARSE | FLAG_SYSTEMATIC;
+        assert_eq!(parse(&l, &b), Err(PacketError::Flags(0x0A)));
+        // A uniform (version 1) coded packet against a sparse code, and the reverse.
+        let mut b = buf.clone();
+        b[0] = VERSION;
+        b[1] = 0;
+        assert_eq!(
+            parse(&l, &b),
+            Err(PacketError::Density {
+                packet: false,
+                code: true
+            })
+        );
+        let uniform = CodeParams::new(1000)
+            .symbol_size(10)
+            .density(crate::Density::Uniform)
+            .validate()
+            .unwrap();
+        assert!(parse(&uniform, &b).is_ok());
+        assert_eq!(
+            parse(&uniform, &buf),
+            Err(PacketError::Density {
+                packet: true,
+                code: false
+            })
+        );
+        let mut b = buf.clone();
+        b[1] = FLAG_GF256 | FLAG_SPARSE;
         assert!(matches!(
             parse(&l, &b),
             Err(PacketError::FieldMismatch { .. })

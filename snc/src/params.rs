@@ -46,6 +46,25 @@ pub enum Field {
     Gf256,
 }
 
+/// How a coded packet's coefficients are drawn from its seed (see [`crate::coeffs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Density {
+    /// Every coefficient uniform over the field (GF(2): non-zero with probability 1/2). Coded
+    /// packets of packet format 1.
+    Uniform,
+    /// Each coefficient non-zero with probability 1/8, so an encoder combines ~8 of a
+    /// 64-column window's symbols instead of ~32. Applies to non-systematic codes with windows
+    /// of at least [`SPARSE_MIN_WINDOW`] columns; the others stay [`Density::Uniform`] (a few
+    /// sparse coefficients would often all be zero, and a systematic code's coded packets
+    /// must hit the few lost source symbols of their window: sparse ones raised its overhead
+    /// at 10 % loss from 1.05 to 1.22). Coded packets of packet format 2.
+    #[default]
+    Sparse,
+}
+
+/// Smallest window (columns) over which [`Density::Sparse`] takes effect.
+pub const SPARSE_MIN_WINDOW: u32 = 64;
+
 /// Parameters of the code for one segment.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CodeParams {
@@ -67,11 +86,15 @@ pub struct CodeParams {
     pub systematic: bool,
     /// Seed of the random grouping (only used by [`CodeKind::Random`]).
     pub grouping_seed: u64,
+    /// Coefficient density of coded packets; not on the wire: both sides use the default
+    /// unless told otherwise, and [`crate::packet::parse`] rejects a packet of the other one.
+    pub density: Density,
 }
 
 impl CodeParams {
     /// Default parameters for a segment of `segment_len` bytes: band code, 1280-byte symbols,
-    /// subgenerations of 64 with stride 16, default check count, GF(2), non-systematic.
+    /// subgenerations of 64 with stride 16, default check count, GF(2), non-systematic,
+    /// sparse coefficients.
     pub fn new(segment_len: u64) -> CodeParams {
         CodeParams {
             segment_len,
@@ -83,7 +106,14 @@ impl CodeParams {
             field: Field::Gf2,
             systematic: false,
             grouping_seed: 0,
+            density: Density::Sparse,
         }
+    }
+
+    /// Sets the coefficient density of coded packets.
+    pub fn density(mut self, density: Density) -> Self {
+        self.density = density;
+        self
     }
 
     /// Sets the symbol size.

@@ -4,8 +4,12 @@
 //!
 //! A mismatch means the bytes on the wire changed. Regenerate deliberately: a change of the
 //! PRNG, coefficient expansion, grouping, precode or payload layout changes what receivers
-//! compute and needs a format version bump (`packet::VERSION`); a change of the sender-side
+//! compute and needs a format version bump (`packet::VERSION`, `packet::VERSION_SPARSE`); a
+//! change of the sender-side
 //! schedule or systematic order only needs new pins. Run the test and copy the printed hash.
+//!
+//! `band_gf2_coded` pins format 1 (uniform coefficients, [`Density::Uniform`]); the `*_sparse`
+//! vectors pin format 2 (sparse coefficients, the default for non-systematic codes).
 //!
 //! Each parameter set states its precode check count explicitly (the values the default rule
 //! gave when the vectors were made): the default count is a tuning choice that senders announce
@@ -15,7 +19,7 @@ use snc::encoder::{Encoder, Stream};
 use snc::packet;
 use snc::prng::Prng;
 use snc::recoder::Recoder;
-use snc::{CodeKind, CodeParams, Field, Layout};
+use snc::{CodeKind, CodeParams, Density, Field, Layout};
 
 fn input(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -50,12 +54,44 @@ fn band_gf2_coded() {
     let l = CodeParams::new(10_000)
         .symbol_size(100)
         .checks(Some(17))
+        .density(Density::Uniform)
         .validate()
         .expect("valid");
     check(
         "band_gf2_coded",
         stream_hash(&l, 150, 1),
         "5d8f498eb39657f14f83a19544f4ee64ecad55f6dd8084b7d2d6b5f234821b1e",
+    );
+}
+
+#[test]
+fn band_gf2_sparse() {
+    let l = CodeParams::new(10_000)
+        .symbol_size(100)
+        .checks(Some(17))
+        .validate()
+        .expect("valid");
+    assert!(l.sparse());
+    check(
+        "band_gf2_sparse",
+        stream_hash(&l, 150, 1),
+        "fd5cb47a7fd1efb003e7dc2264f2296cf11a7297862471938649c5e6fb6ce2e4",
+    );
+}
+
+#[test]
+fn band_gf256_sparse() {
+    let l = CodeParams::new(10_007)
+        .symbol_size(64)
+        .field(Field::Gf256)
+        .checks(Some(17))
+        .validate()
+        .expect("valid");
+    assert!(l.sparse());
+    check(
+        "band_gf256_sparse",
+        stream_hash(&l, 60, 2),
+        "3df990f2f54b5d83e4186f9f449b91331505f64bcc2c1b1b68a97d206cc93184",
     );
 }
 

@@ -76,6 +76,10 @@ proptest! {
             bytes[0] = packet::VERSION;
             bytes[1] &= packet::FLAG_SYSTEMATIC | packet::FLAG_RECODED;
             bytes[1] |= if field == Field::Gf256 { packet::FLAG_GF256 } else { 0 };
+            if bytes[1] & (packet::FLAG_SYSTEMATIC | packet::FLAG_RECODED) == 0 && l.sparse() {
+                bytes[0] = packet::VERSION_SPARSE;
+                bytes[1] |= packet::FLAG_SPARSE;
+            }
             bytes[2] = 0;
             bytes[3] = 0;
             bytes[5] = 0;

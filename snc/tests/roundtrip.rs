@@ -11,7 +11,7 @@ use snc::decoder::{Decoder, Progress};
 use snc::encoder::{Encoder, Stream};
 use snc::packet;
 use snc::prng::Prng;
-use snc::{CodeKind, CodeParams, Field, Layout};
+use snc::{CodeKind, CodeParams, Density, Field, Layout};
 
 /// Deterministic test data.
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -31,6 +31,7 @@ struct Case {
     checks: Option<u32>,
     field: Field,
     systematic: bool,
+    density: Density,
     loss_pct: u64,
     seed: u64,
 }
@@ -44,6 +45,7 @@ impl Case {
             .checks(self.checks)
             .field(self.field)
             .systematic(self.systematic)
+            .density(self.density)
             .kind(kind)
             .validate()
             .expect("valid parameters")
@@ -65,11 +67,22 @@ fn case(max_len: usize) -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(None), 1 => (0u32..40).prop_map(Some)],
         prop_oneof![Just(Field::Gf2), Just(Field::Gf256)],
         any::<bool>(),
+        prop_oneof![3 => Just(Density::Sparse), 1 => Just(Density::Uniform)],
         0u64..=50,
         any::<u64>(),
     )
         .prop_map(
-            |(len, symbol_size, (subgen, stride), checks, field, systematic, loss_pct, seed)| {
+            |(
+                len,
+                symbol_size,
+                (subgen, stride),
+                checks,
+                field,
+                systematic,
+                density,
+                loss_pct,
+                seed,
+            )| {
                 Case {
                     len,
                     symbol_size,
@@ -78,6 +91,7 @@ fn case(max_len: usize) -> impl Strategy<Value = Case> {
                     checks,
                     field,
                     systematic,
+                    density,
                     loss_pct,
                     seed,
                 }
@@ -237,8 +251,8 @@ proptest! {
         }
         let mut p = raw.clone();
         if p.len() >= 8 {
-            p[0] = packet::VERSION;
-            p[1] &= 0x07;
+            p[1] &= 0x0F;
+            p[0] = if p[1] & packet::FLAG_SPARSE != 0 { packet::VERSION_SPARSE } else { packet::VERSION };
             p[2] = 0;
             p[3] = 0;
         }
