@@ -268,6 +268,7 @@ impl Shard {
                 tracing::debug!(
                     segment,
                     capacity = buffer.recoder.capacity(),
+                    discarded = self.discarded,
                     "recoding buffer started"
                 );
                 self.receiving = Some(buffer);
