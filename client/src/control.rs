@@ -45,6 +45,11 @@ const TICK: Duration = Duration::from_millis(100);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Smallest interval over which receive rate and loss are computed.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+/// Interval of a session's first sample. Until it the heartbeats carry no receive rate, and the server
+/// grows a receiver's rate x1.5 per heartbeat without the receive-rate bound: over a whole
+/// `SAMPLE_INTERVAL` (ten heartbeats) that overshot to 5-26 Gbit/s on loopback, overflowed the socket
+/// buffer and cost a coded repair phase per segment.
+const FIRST_SAMPLE_INTERVAL: Duration = Duration::from_millis(40);
 /// Heartbeat period while a segment is received: the server's shard caps the packets in flight by
 /// the progress (packets received, rank) each heartbeat reports, so they go out often.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(20);
@@ -333,6 +338,8 @@ struct StatsSampler {
     bytes: u64,
     packets: u64,
     span: u64,
+    /// Whether this session has had its first sample.
+    sampled: bool,
     current: ReceiverStats,
 }
 
@@ -358,7 +365,13 @@ impl StatsSampler {
         let since = self
             .at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        if since >= SAMPLE_INTERVAL {
+        let interval = if self.sampled {
+            SAMPLE_INTERVAL
+        } else {
+            FIRST_SAMPLE_INTERVAL
+        };
+        if since >= interval {
+            self.sampled = true;
             let seconds = since.as_secs_f64();
             let rate = (bytes.saturating_sub(self.bytes) * 8) as f64 / seconds;
             let expected = span.saturating_sub(self.span);
