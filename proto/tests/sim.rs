@@ -1252,14 +1252,19 @@ fn rates_share_the_cap_and_follow_reported_loss() {
     apply(outputs(&mut t), &mut rates);
     assert_eq!(rates.len(), 4);
     assert!(rates.values().all(|r| *r == 10_000_000));
-    // Clients 1-3 see no loss; client 4 sees 10 % loss at 8 Mbit/s.
+    // Clients 1-3 see no loss and receive what they are sent; client 4 sees 10 % loss at 8 Mbit/s.
     for _ in 0..30 {
         now += Duration::from_millis(250);
         for c in 1..=4u64 {
             let lossy = c == 4;
+            let sid = sids[c as usize - 1];
             let stats = ReceiverStats {
                 loss_ppm: if lossy { 100_000 } else { 0 },
-                receive_rate_bps: if lossy { 8_000_000 } else { 0 },
+                receive_rate_bps: if lossy {
+                    8_000_000
+                } else {
+                    rates[&(sid, ClientId(c))]
+                },
                 ..ReceiverStats::default()
             };
             let r = handle(
