@@ -37,6 +37,10 @@ pub const WINDOW_SLACK: u64 = 64;
 /// counted as lost (the window opens again).
 pub const WINDOW_LOSS_REPORTS: u32 = 2;
 
+/// Reports in a row without rank progress, while the window was held shut for packets peers owe,
+/// after which the receiver's peers are taken not to deliver (for the rest of the segment).
+pub const PEER_STALL_REPORTS: u32 = 3;
+
 /// The in-flight cap of one receiver, from its progress reports.
 ///
 /// With `sent` packets sent, and the receiver's last report saying it got `received` packets of this
@@ -46,6 +50,13 @@ pub const WINDOW_LOSS_REPORTS: u32 = 2;
 /// packets. Packets lost on the way would keep the window shut: when it was shut and
 /// [`WINDOW_LOSS_REPORTS`] reports in a row show no new packet, everything in flight is counted as
 /// lost (`lost`), so the window reopens. Before the first report the window is the whole segment.
+///
+/// Cooperation: source symbols of the session's pool that went to the *other* receivers present
+/// ([`SendWindow::set_owed_by_peers`]) reach this receiver through its peers, so what it still
+/// needs from us is `needed - rank` minus what they still owe (`owed - (rank - received)`: its
+/// rank beyond our packets came from peers). When the window is held shut that way and
+/// [`PEER_STALL_REPORTS`] reports in a row show no rank progress, its peers are taken not to
+/// deliver (no cooperation, peers gone) and the owed symbols no longer count.
 #[derive(Debug, Clone)]
 pub struct SendWindow {
     needed: u64,
@@ -56,6 +67,10 @@ pub struct SendWindow {
     loss_ppm: u64,
     shut_since_report: bool,
     quiet_reports: u32,
+    reported: bool,
+    owed: u64,
+    peers_failed: bool,
+    stalled_reports: u32,
 }
 
 impl SendWindow {
@@ -70,15 +85,42 @@ impl SendWindow {
             loss_ppm: 0,
             shut_since_report: false,
             quiet_reports: 0,
+            reported: false,
+            owed: 0,
+            peers_failed: false,
+            stalled_reports: 0,
         }
+    }
+
+    /// Pool symbols the other receivers present got (they owe them to this one through cooperation).
+    pub fn set_owed_by_peers(&mut self, owed: u64) {
+        self.owed = owed;
+    }
+
+    /// Symbols this receiver should still get from its peers rather than from us.
+    fn owed_outstanding(&self) -> u64 {
+        if !self.reported || self.peers_failed {
+            return 0;
+        }
+        let from_peers = self.rank.saturating_sub(self.received);
+        self.owed.saturating_sub(from_peers)
     }
 
     /// Packets that may be sent now.
     pub fn allowance(&mut self) -> u64 {
-        let remaining = self.needed.saturating_sub(self.rank);
+        let remaining = self
+            .needed
+            .saturating_sub(self.rank)
+            .saturating_sub(self.owed_outstanding());
         // Margin: 1/16 plus twice the reported loss.
         let margin = remaining / 16 + remaining * self.loss_ppm.min(500_000) * 2 / 1_000_000;
-        let limit = self.received + self.lost + remaining + margin + WINDOW_SLACK;
+        // No slack while what it lacks is left to its peers.
+        let slack = if remaining == 0 && self.owed_outstanding() > 0 {
+            0
+        } else {
+            WINDOW_SLACK
+        };
+        let limit = self.received + self.lost + remaining + margin + slack;
         let allowed = limit.saturating_sub(self.sent);
         if allowed == 0 {
             self.shut_since_report = true;
@@ -104,7 +146,16 @@ impl SendWindow {
         } else {
             self.quiet_reports = 0;
         }
+        if self.shut_since_report && self.owed_outstanding() > 0 && u64::from(rank) <= self.rank {
+            self.stalled_reports += 1;
+            if self.stalled_reports >= PEER_STALL_REPORTS {
+                self.peers_failed = true;
+            }
+        } else {
+            self.stalled_reports = 0;
+        }
         // The latest report wins (reports come in order on the control connection).
+        self.reported = true;
         self.received = received;
         self.rank = u64::from(rank);
         self.loss_ppm = u64::from(loss_ppm);
@@ -203,6 +254,32 @@ mod tests {
         assert!(err < 0.02, "total {total_bits} bits/s");
         let share = sent[0] as f64 / (sent[0] + sent[1]) as f64;
         assert!((share - 0.5).abs() < 0.1, "share {share}");
+    }
+
+    #[test]
+    fn window_leaves_to_peers_what_they_owe_until_they_stall() {
+        let mut w = SendWindow::new(1000);
+        w.set_owed_by_peers(600);
+        // Before any report the owed symbols do not count.
+        assert_eq!(w.allowance(), 1000 + 1000 / 16 + WINDOW_SLACK);
+        w.on_sent(200);
+        w.on_report(200, 200, 0);
+        // Needs 800 more, peers owe 600: 200 (+ margin and slack) from us.
+        assert_eq!(w.allowance(), 200 + 12 + WINDOW_SLACK);
+        w.on_sent(276);
+        assert_eq!(w.allowance(), 0);
+        // Peers delivered 300 and still owe 300, which is all it needs: nothing from us, no slack.
+        w.on_report(476, 776, 0);
+        assert_eq!(w.allowance(), 0);
+        w.on_report(476, 800, 0);
+        assert_eq!(w.allowance(), 0);
+        // The peers stall: no rank progress while the window is held shut.
+        for _ in 0..PEER_STALL_REPORTS {
+            assert_eq!(w.allowance(), 0);
+            w.on_report(476, 800, 0);
+        }
+        // Now all it lacks may come from us.
+        assert_eq!(w.allowance(), 200 + 12 + WINDOW_SLACK);
     }
 
     #[test]

@@ -685,7 +685,15 @@ fn send_batch(
 ) -> BatchOutcome {
     let encoder = session.coder.encoder();
     let pool = &mut session.pool;
+    let owed: u64 = session
+        .receivers
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != r)
+        .map(|(_, other)| other.stream.pooled())
+        .sum();
     let receiver = &mut session.receivers[r];
+    receiver.window.set_owed_by_peers(owed);
     let Some(first) = receiver.stream.peek(pool, encoder) else {
         return BatchOutcome::Idle;
     };
