@@ -66,6 +66,24 @@ fn scaled(input: &str, value: f64, factor: f64) -> Result<u64, UnitError> {
     Ok(total.round() as u64)
 }
 
+/// Parses `<number><unit>` into a positive integer: `factor` maps a unit to its multiplier
+/// (`None`: unknown, listed in the error with `accepted`).
+fn parse_quantity(
+    input: &str,
+    accepted: &'static str,
+    factor: impl Fn(&str) -> Option<f64>,
+) -> Result<u64, UnitError> {
+    let (value, unit) = split_number(input)?;
+    let Some(factor) = factor(&unit) else {
+        return Err(UnitError::UnknownUnit {
+            input: input.to_owned(),
+            unit,
+            accepted,
+        });
+    };
+    scaled(input, value, factor)
+}
+
 /// A rate in bits per second (always > 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BitRate {
@@ -93,25 +111,20 @@ impl FromStr for BitRate {
     type Err = UnitError;
 
     fn from_str(input: &str) -> Result<Self, UnitError> {
-        const ACCEPTED: &str = "bit, kbit, mbit, gbit, tbit (bits per second)";
-        let (value, unit) = split_number(input)?;
-        let factor = match unit.to_ascii_lowercase().trim_end_matches("/s") {
-            "" | "bit" | "bps" => 1.0,
-            "kbit" => 1e3,
-            "mbit" => 1e6,
-            "gbit" => 1e9,
-            "tbit" => 1e12,
-            _ => {
-                return Err(UnitError::UnknownUnit {
-                    input: input.to_owned(),
-                    unit,
-                    accepted: ACCEPTED,
-                })
-            }
+        let factor = |unit: &str| match unit.to_ascii_lowercase().trim_end_matches("/s") {
+            "" | "bit" | "bps" => Some(1.0),
+            "kbit" => Some(1e3),
+            "mbit" => Some(1e6),
+            "gbit" => Some(1e9),
+            "tbit" => Some(1e12),
+            _ => None,
         };
-        Ok(Self {
-            bits_per_sec: scaled(input, value, factor)?,
-        })
+        let bits_per_sec = parse_quantity(
+            input,
+            "bit, kbit, mbit, gbit, tbit (bits per second)",
+            factor,
+        )?;
+        Ok(Self { bits_per_sec })
     }
 }
 
@@ -153,29 +166,20 @@ impl FromStr for ByteSize {
     type Err = UnitError;
 
     fn from_str(input: &str) -> Result<Self, UnitError> {
-        const ACCEPTED: &str = "B, KiB, MiB, GiB, TiB, kB, MB, GB, TB";
-        let (value, unit) = split_number(input)?;
-        let factor = match unit.as_str() {
-            "" | "B" | "b" => 1.0,
-            "KiB" | "K" | "k" => 1024.0,
-            "MiB" | "M" | "m" => 1024.0 * 1024.0,
-            "GiB" | "G" | "g" => 1024.0 * 1024.0 * 1024.0,
-            "TiB" | "T" | "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-            "kB" | "KB" => 1e3,
-            "MB" => 1e6,
-            "GB" => 1e9,
-            "TB" => 1e12,
-            _ => {
-                return Err(UnitError::UnknownUnit {
-                    input: input.to_owned(),
-                    unit,
-                    accepted: ACCEPTED,
-                })
-            }
+        let factor = |unit: &str| match unit {
+            "" | "B" | "b" => Some(1.0),
+            "KiB" | "K" | "k" => Some(1024.0),
+            "MiB" | "M" | "m" => Some(1024.0 * 1024.0),
+            "GiB" | "G" | "g" => Some(1024.0 * 1024.0 * 1024.0),
+            "TiB" | "T" | "t" => Some(1024.0 * 1024.0 * 1024.0 * 1024.0),
+            "kB" | "KB" => Some(1e3),
+            "MB" => Some(1e6),
+            "GB" => Some(1e9),
+            "TB" => Some(1e12),
+            _ => None,
         };
-        Ok(Self {
-            bytes: scaled(input, value, factor)?,
-        })
+        let bytes = parse_quantity(input, "B, KiB, MiB, GiB, TiB, kB, MB, GB, TB", factor)?;
+        Ok(Self { bytes })
     }
 }
 
