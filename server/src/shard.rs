@@ -633,8 +633,14 @@ impl ShardLoop {
                 continue;
             };
             let receivers = session.receivers.len();
+            // Pool symbols held by the receivers present, once per round (not per batch): a
+            // receiver's peers owe it the others' share (a round's own sends make it stale by at
+            // most a few batches, which only widens a window until the next round).
+            let pooled: u64 = session.receivers.iter().map(|x| x.stream.pooled()).sum();
             for j in 0..receivers {
                 let r = (self.turn + j) % receivers;
+                let owed = pooled.saturating_sub(session.receivers[r].stream.pooled());
+                session.receivers[r].window.set_owed_by_peers(owed);
                 for _ in 0..BATCHES_PER_TURN {
                     match send_batch(
                         &mut self.ring,
@@ -685,15 +691,7 @@ fn send_batch(
 ) -> BatchOutcome {
     let encoder = session.coder.encoder();
     let pool = &mut session.pool;
-    let owed: u64 = session
-        .receivers
-        .iter()
-        .enumerate()
-        .filter(|&(j, _)| j != r)
-        .map(|(_, other)| other.stream.pooled())
-        .sum();
     let receiver = &mut session.receivers[r];
-    receiver.window.set_owed_by_peers(owed);
     let Some(first) = receiver.stream.peek(pool, encoder) else {
         return BatchOutcome::Idle;
     };
