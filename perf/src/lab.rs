@@ -60,6 +60,12 @@ pub struct LabConfig {
     pub loss_pct: f64,
     /// First three octets of the lab's /24.
     pub subnet: [u8; 3],
+    /// Let UDP GSO super-packets cross the wire whole, as from a NIC with UDP segmentation
+    /// offload (USO) to a switch that forwards at line rate: the bridge, tbf and the receiver's
+    /// GRO handle one packet per batch instead of one per datagram. Off by default (the sender's
+    /// `eth0` segments, as a NIC without USO). TCP gets the same treatment from TSO either way.
+    /// Not with loss: the loss rule would drop whole batches.
+    pub wire_gso: bool,
 }
 
 impl LabConfig {
@@ -71,6 +77,7 @@ impl LabConfig {
             rate_bps: None,
             loss_pct: 0.0,
             subnet: DEFAULT_SUBNET,
+            wire_gso: false,
         }
     }
 
@@ -107,6 +114,11 @@ impl LabConfig {
                 "loss must be 0..=100 percent, got {}",
                 self.loss_pct
             )));
+        }
+        if self.wire_gso && self.loss_pct > 0.0 {
+            return Err(LabError::Config(
+                "wire GSO and loss do not mix: the loss rule would drop whole GSO batches".into(),
+            ));
         }
         if self.subnet[0] == 127 {
             return Err(LabError::Config(
@@ -702,10 +714,19 @@ impl Lab {
             // Segment UDP GSO super-packets at the sender's eth0 (after the qdisc), as a NIC
             // without USO does, so the bridge and the loss rule see real datagrams; NAPI GRO at the
             // receiver, which veth only feeds from a peer without TSO (hence tso off on the port).
+            // With wire GSO the super-packets stay whole up to the receiving socket.
+            let segmentation = if self.config.wire_gso { "on" } else { "off" };
             self.run_in(
                 &netns,
                 &self.tools.ethtool,
-                &["-K", "eth0", "tx-udp-segmentation", "off", "gro", "on"],
+                &[
+                    "-K",
+                    "eth0",
+                    "tx-udp-segmentation",
+                    segmentation,
+                    "gro",
+                    "on",
+                ],
             )?;
             self.run_in(&br, &self.tools.ethtool, &["-K", &port, "tso", "off"])?;
             if let Some(rate) = self.config.rate_bps {
