@@ -18,8 +18,11 @@ use std::net::SocketAddr;
 
 use crate::wire::{Reader, WireError, Writer};
 
-/// Version byte carried by every control frame and data packet.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version byte carried by every control frame. 2 since the data plane moved to
+/// [`crate::data::DATA_VERSION`] 2 (POLYVAL-AES MAC) and packet format 2 (sparse coefficients): a
+/// peer speaking version 1 would pass its `Hello` and then have every data packet dropped, so it is
+/// refused at its first frame instead.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame body (bytes after the 4-byte length prefix): 1 MiB.
 ///
