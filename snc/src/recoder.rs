@@ -91,9 +91,6 @@ pub const ARRIVAL_MIX: usize = 4;
 /// Members of one subgeneration: `(slot, local position)`, the position `u32::MAX` for coded
 /// packets (their coefficient vector is stored).
 type Members = [(u32, u32); 2 * MAX_SUBGEN_SIZE as usize];
-/// Packets picked for one combination: `(slot, local position, coefficient)` (the coefficient is
-/// ignored in GF(2): always 1).
-type Picks = [(u32, u32, u8); 2 * MAX_SUBGEN_SIZE as usize];
 
 /// Bounded recoding buffer of one segment.
 #[derive(Debug)]
@@ -260,25 +257,25 @@ impl Recoder {
                         1
                     }
                 };
-                let mut members: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
-                let m = self.members(g, &mut members);
-                let mut picks: Picks = [(0, 0, 0); 2 * MAX_SUBGEN_SIZE as usize];
-                picks[0] = (slot, u32::MAX, coefficient(rng));
                 // The others: a partial Fisher-Yates shuffle of the members but the arrival.
                 let mut others: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
                 let mut o = 0;
-                for &member in members[..m].iter().filter(|&&(sl, _)| sl != slot) {
-                    others[o] = member;
-                    o += 1;
-                }
+                self.for_each_member(g, |sl, pos| {
+                    if sl != slot {
+                        others[o] = (sl, pos);
+                        o += 1;
+                    }
+                });
+                let mut sum = Sum::new(self, g, out);
+                sum.add(slot, u32::MAX, coefficient(rng));
                 let take = self.arrival_mix.min(o);
                 for k in 0..take {
                     let j = k + rng.below((o - k) as u64) as usize;
                     others.swap(k, j);
                     let (sl, pos) = others[k];
-                    picks[k + 1] = (sl, pos, coefficient(rng));
+                    sum.add(sl, pos, coefficient(rng));
                 }
-                Some(self.emit(g, &picks[..take + 1], out))
+                Some(sum.finish())
             }
             Owner::Free => None,
         }
@@ -549,59 +546,56 @@ impl Recoder {
         count
     }
 
-    /// Subgeneration `g`'s held packets (coded ones first, then systematic ones inside its
-    /// window at their local position) into `members`; returns how many.
-    fn members(&self, g: u32, members: &mut Members) -> usize {
-        let mut m = 0;
+    /// Calls `f(slot, local position)` for subgeneration `g`'s held packets: coded ones first
+    /// (position `u32::MAX`: their coefficient vector is stored), then systematic ones inside
+    /// its window at their local position.
+    #[inline]
+    fn for_each_member(&self, g: u32, mut f: impl FnMut(u32, u32)) {
         for &slot in &self.per_subgen[g as usize] {
-            members[m] = (slot, u32::MAX);
-            m += 1;
+            f(slot, u32::MAX);
         }
         match self.layout.subgen_columns(g) {
             SubgenColumns::Range { first, len } => {
                 for (&index, &slot) in self.systematic.range(first..first + len) {
-                    members[m] = (slot, index - first);
-                    m += 1;
+                    f(slot, index - first);
                 }
             }
             SubgenColumns::List(list) => {
                 for (j, c) in list.iter().enumerate() {
                     if let Some(&slot) = self.systematic.get(c) {
-                        members[m] = (slot, j as u32);
-                        m += 1;
+                        f(slot, j as u32);
                     }
                 }
             }
         }
-        m
     }
 
-    /// Writes a random combination of subgeneration `g`'s held packets into `out`.
+    /// Writes a random combination of subgeneration `g`'s held packets into `out`: every
+    /// member is drawn (GF(2): one bit, GF(2^8): one byte of the caller's generator) and the
+    /// picks are folded straight into the packet, with no per-call member list.
     fn combine(&self, g: u32, rng: &mut Prng, out: &mut [u8]) -> usize {
-        let mut members: Members = [(0, u32::MAX); 2 * MAX_SUBGEN_SIZE as usize];
-        let m = self.members(g, &mut members);
-        let mut picks: Picks = [(0, 0, 0); 2 * MAX_SUBGEN_SIZE as usize];
-        let mut n = 0;
+        let mut sum = Sum::new(self, g, out);
+        let mut i = 0usize;
         match self.layout.field() {
             Field::Gf2 => {
                 let mut bits = 0u64;
-                for (i, &(slot, pos)) in members[..m].iter().enumerate() {
-                    if i % 64 == 0 {
+                self.for_each_member(g, |slot, pos| {
+                    if i.is_multiple_of(64) {
                         bits = rng.next_u64();
                         if i == 0 && bits == 0 {
                             bits = 1;
                         }
                     }
                     if bits >> (i % 64) & 1 != 0 {
-                        picks[n] = (slot, pos, 1);
-                        n += 1;
+                        sum.add(slot, pos, 1);
                     }
-                }
+                    i += 1;
+                });
             }
             Field::Gf256 => {
                 let mut word = [0u8; 8];
-                for (i, &(slot, pos)) in members[..m].iter().enumerate() {
-                    if i % 8 == 0 {
+                self.for_each_member(g, |slot, pos| {
+                    if i.is_multiple_of(8) {
                         word = rng.next_u64().to_le_bytes();
                         if i == 0 && word[0] == 0 {
                             word[0] = 1;
@@ -609,72 +603,128 @@ impl Recoder {
                     }
                     let beta = word[i % 8];
                     if beta != 0 {
-                        picks[n] = (slot, pos, beta);
-                        n += 1;
+                        sum.add(slot, pos, beta);
                     }
-                }
+                    i += 1;
+                });
             }
         }
-        self.emit(g, &picks[..n], out)
+        sum.finish()
+    }
+}
+
+/// Sources folded per fused kernel call while summing a recoded packet: enough for a whole
+/// 64-wide subgeneration's picks in one pass over the output symbol, small enough that the
+/// per-packet source arrays cost nothing to set up.
+const SUM_CHUNK: usize = 64;
+
+/// A recoded packet being summed into its output buffer: the coefficient vector accumulates
+/// per pick, the symbol in fused kernel calls of up to [`SUM_CHUNK`] sources.
+struct Sum<'r, 'o> {
+    recoder: &'r Recoder,
+    g: u32,
+    head: &'o mut [u8],
+    wire: &'o mut [u8],
+    sym: &'o mut [u8],
+    vec: [u64; MAX_SUBGEN_SIZE as usize / 64],
+    xs: [&'r [u8]; SUM_CHUNK],
+    ms: [(&'r [u8], u8); SUM_CHUNK],
+    n: usize,
+}
+
+impl<'r, 'o> Sum<'r, 'o> {
+    /// `out` must hold at least the recoded packet length.
+    #[inline]
+    fn new(recoder: &'r Recoder, g: u32, out: &'o mut [u8]) -> Self {
+        let layout = &recoder.layout;
+        let vlen = packet::vector_len(layout);
+        let (head, rest) = out.split_at_mut(packet::HEADER_LEN);
+        let (wire, sym) = rest.split_at_mut(vlen);
+        let sym = &mut sym[..recoder.s];
+        sym.fill(0);
+        if layout.field() == Field::Gf256 {
+            wire.fill(0);
+        }
+        Sum {
+            recoder,
+            g,
+            head,
+            wire,
+            sym,
+            vec: [0; MAX_SUBGEN_SIZE as usize / 64],
+            xs: [&[]; SUM_CHUNK],
+            ms: [(&[], 0); SUM_CHUNK],
+            n: 0,
+        }
     }
 
-    /// Writes the recoded packet `sum(coefficient * packet)` over `picks` (all of subgeneration
-    /// `g`) into `out` (at least the recoded length) and returns its length.
-    fn emit(&self, g: u32, picks: &[(u32, u32, u8)], out: &mut [u8]) -> usize {
-        let (s, u, w) = (self.s, self.vec_units, self.w);
-        let layout = &self.layout;
-        let vlen = packet::vector_len(layout);
-        let header_len = packet::HEADER_LEN;
-        let (head, rest) = out.split_at_mut(header_len);
-        let (wire, sym) = rest.split_at_mut(vlen);
-        let sym = &mut sym[..s];
-        sym.fill(0);
-        match layout.field() {
+    /// Adds `beta *` the packet in `slot` (local position `pos`, `u32::MAX` for coded
+    /// packets; `beta` is ignored in GF(2)).
+    #[inline]
+    fn add(&mut self, slot: u32, pos: u32, beta: u8) {
+        let r = self.recoder;
+        let (s, u) = (r.s, r.vec_units);
+        let slot = slot as usize;
+        let symbol = &r.symbols[slot * s..(slot + 1) * s];
+        match r.layout.field() {
             Field::Gf2 => {
-                let mut vec = [0u64; MAX_SUBGEN_SIZE as usize / 64];
-                let mut srcs: [&[u8]; 2 * MAX_SUBGEN_SIZE as usize] =
-                    [&[]; 2 * MAX_SUBGEN_SIZE as usize];
-                for (k, &(slot, pos, _)) in picks.iter().enumerate() {
-                    let slot = slot as usize;
-                    if pos == u32::MAX {
-                        for (a, b) in vec.iter_mut().zip(&self.vec_bits[slot * u..(slot + 1) * u]) {
-                            *a ^= b;
-                        }
-                    } else {
-                        vec[pos as usize / 64] ^= 1 << (pos % 64);
+                if pos == u32::MAX {
+                    for (a, b) in self
+                        .vec
+                        .iter_mut()
+                        .zip(&r.vec_bits[slot * u..(slot + 1) * u])
+                    {
+                        *a ^= b;
                     }
-                    srcs[k] = &self.symbols[slot * s..(slot + 1) * s];
+                } else {
+                    self.vec[pos as usize / 64] ^= 1 << (pos % 64);
                 }
-                self.kernel.xor_multi(sym, &srcs[..picks.len()]);
-                gf2_to_wire(&vec, w, wire);
+                self.xs[self.n] = symbol;
             }
             Field::Gf256 => {
-                wire.fill(0);
-                let mut srcs: [(&[u8], u8); 2 * MAX_SUBGEN_SIZE as usize] =
-                    [(&[], 0); 2 * MAX_SUBGEN_SIZE as usize];
-                for (k, &(slot, pos, beta)) in picks.iter().enumerate() {
-                    let slot = slot as usize;
-                    if pos == u32::MAX {
-                        self.kernel
-                            .mul_add(wire, &self.vec_bytes[slot * u..(slot + 1) * u], beta);
-                    } else {
-                        wire[pos as usize] ^= beta;
-                    }
-                    srcs[k] = (&self.symbols[slot * s..(slot + 1) * s], beta);
+                if pos == u32::MAX {
+                    r.kernel
+                        .mul_add(self.wire, &r.vec_bytes[slot * u..(slot + 1) * u], beta);
+                } else {
+                    self.wire[pos as usize] ^= beta;
                 }
-                self.kernel.mul_add_multi(sym, &srcs[..picks.len()]);
+                self.ms[self.n] = (symbol, beta);
             }
         }
-        // Header last: the vector and symbol are already in place.
+        self.n += 1;
+        if self.n == SUM_CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let k = self.recoder.kernel;
+        match self.recoder.layout.field() {
+            Field::Gf2 => k.xor_multi(self.sym, &self.xs[..self.n]),
+            Field::Gf256 => k.mul_add_multi(self.sym, &self.ms[..self.n]),
+        }
+        self.n = 0;
+    }
+
+    /// Writes the vector (GF(2)) and header; returns the packet length.
+    fn finish(mut self) -> usize {
+        if self.n > 0 {
+            self.flush();
+        }
+        let layout = &self.recoder.layout;
         let flags = match layout.field() {
-            Field::Gf2 => packet::FLAG_RECODED,
+            Field::Gf2 => {
+                gf2_to_wire(&self.vec, self.recoder.w, self.wire);
+                packet::FLAG_RECODED
+            }
             Field::Gf256 => packet::FLAG_RECODED | packet::FLAG_GF256,
         };
-        head[0] = packet::VERSION;
-        head[1] = flags;
-        head[2..4].fill(0);
-        head[4..8].copy_from_slice(&g.to_le_bytes());
-        header_len + vlen + s
+        // Header last: the vector and symbol are already in place.
+        self.head[0] = packet::VERSION;
+        self.head[1] = flags;
+        self.head[2..4].fill(0);
+        self.head[4..8].copy_from_slice(&self.g.to_le_bytes());
+        packet::HEADER_LEN + self.wire.len() + self.sym.len()
     }
 }
 
