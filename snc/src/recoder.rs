@@ -459,18 +459,18 @@ impl Recoder {
     }
 
     /// The current burst's subgeneration while it may continue (packets left, score within
-    /// the burst length of the best), else the best one, which starts a new burst.
-    fn burst_subgen(&mut self) -> Option<u32> {
+    /// the burst length of the best), else the best one, which starts a new burst (`true`).
+    fn burst_subgen(&mut self) -> Option<(u32, bool)> {
         if let Some((g, left)) = self.burst {
             let score = self.tree[self.leaves + g as usize];
             if left > 0 && score != NO_SCORE && score > self.tree[1] - self.max_burst as i64 {
                 self.burst = Some((g, left - 1));
-                return Some(g);
+                return Some((g, false));
             }
         }
         let g = self.best_subgen()?;
         self.burst = Some((g, self.max_burst - 1));
-        Some(g)
+        Some((g, true))
     }
 
     /// Leftmost subgeneration with the highest score, if any holds packets.
@@ -535,15 +535,34 @@ impl Recoder {
         if done == count || slot < rec_len {
             return done;
         }
-        let Some(g) = self.burst_subgen() else {
+        let Some((g, fresh)) = self.burst_subgen() else {
             return done;
         };
-        for i in done..count {
-            lens[i] = self.combine(g, rng, &mut out[i * slot..(i + 1) * slot]);
+        if fresh {
+            self.prefetch_members(g);
         }
         self.sent[g as usize] += (count - done) as u32;
         self.update_score(g);
+        if matches!(self.burst, Some((_, 0))) {
+            // The burst's last packet: the next burst goes to the best subgeneration (unless
+            // pushes change the scores first). Its symbols load while this packet is summed.
+            if let Some(next) = self.best_subgen().filter(|&next| next != g) {
+                self.prefetch_members(next);
+            }
+        }
+        for i in done..count {
+            lens[i] = self.combine(g, rng, &mut out[i * slot..(i + 1) * slot]);
+        }
         count
+    }
+
+    /// Starts loading subgeneration `g`'s held symbols into cache: they sit scattered over
+    /// the buffer in arrival order, and a sum that misses on each in turn waits on DRAM.
+    fn prefetch_members(&self, g: u32) {
+        let s = self.s;
+        self.for_each_member(g, |slot, _| {
+            crate::field::prefetch(&self.symbols[slot as usize * s..][..s]);
+        });
     }
 
     /// Calls `f(slot, local position)` for subgeneration `g`'s held packets: coded ones first
