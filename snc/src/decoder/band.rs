@@ -35,6 +35,11 @@ use rows::{Pivots, Rows, Walk};
 use slots::{combine, Slots};
 use tables::GroupTables;
 
+/// Slots ahead of the current one that the payload passes prefetch: each pass streams the
+/// segment from DRAM one slot at a time, and a slot's lines should be in flight two rows
+/// before the row that adds into it.
+const PREFETCH_AHEAD: u32 = 4;
+
 /// Outcome of one push into the band decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BandPush {
@@ -319,6 +324,7 @@ impl<'a> BandDecoder<'a> {
 
         // 1. Forward: replay the recorded reductions in pivot order.
         for p in 0..n {
+            self.slots.prefetch(p + PREFETCH_AHEAD);
             if !self.pivots.get(p) {
                 continue;
             }
@@ -363,6 +369,9 @@ impl<'a> BandDecoder<'a> {
             rhs.capacity() + combos.bytes() + tables.as_ref().map_or(0, |t| t.bytes()),
         );
         for p in (0..n).rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+                self.slots.prefetch(next);
+            }
             if let Some(t) = tables.as_mut() {
                 if (p + 1) % 4 == 0 && p + 1 < n {
                     let a = (p + 1) / 4;
@@ -408,19 +417,14 @@ impl<'a> BandDecoder<'a> {
                     }
                     combine(kernel, dst, terms[..nt].iter().map(|&s| (s, 1)));
                 }
-                _ => {
-                    let mut terms: [(u32, u8); 256] = [(0, 0); 256];
-                    let mut nt = 0;
-                    self.rows.for_each_entry(p, |j, k| {
-                        if pivots.get(j) {
-                            terms[nt] = (j, k);
-                            nt += 1;
-                        }
-                    });
+                (rows, _) => {
+                    // Straight from the row: no term list to set up per row.
                     combine(
                         kernel,
                         dst,
-                        terms[..nt].iter().map(|&(j, k)| (others.get(j), k)),
+                        rows.entries(p)
+                            .filter(|&(j, _)| pivots.get(j))
+                            .map(|(j, k)| (others.get(j), k)),
                     );
                 }
             }
@@ -486,6 +490,9 @@ impl<'a> BandDecoder<'a> {
         // Groups above `last` can hold only the last hole itself.
         let top = (last + 64).min(n);
         for p in (0..top).rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+                self.slots.prefetch(next);
+            }
             if (p + 1) % 4 == 0 && p + 1 < n {
                 let a = (p + 1) / 4;
                 let mut members = 0;
@@ -577,6 +584,9 @@ impl<'a> BandDecoder<'a> {
         let mut live = vec![false; ring_slots];
         self.note_memory(ring.capacity());
         for p in (0..last).rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+                self.slots.prefetch(next);
+            }
             if !self.pivots.get(p) {
                 continue;
             }
@@ -593,21 +603,21 @@ impl<'a> BandDecoder<'a> {
                 }
             };
             let all = self.slots.all();
-            let mut terms: [(&[u8], u8); 256] = [(&[], 0); 256];
-            let mut nt = 0;
             let pivots = &self.pivots;
-            self.rows.for_each_entry(p, |j, k| {
+            let mut nt = 0;
+            // Straight from the row: no term list to set up per row.
+            let terms = self.rows.entries(p).filter_map(|(j, k)| {
                 if !pivots.get(j) {
-                    terms[nt] = (all.get(j), k);
-                    nt += 1;
+                    Some((all.get(j), k))
                 } else if j < last && live[(j & mask) as usize] {
-                    terms[nt] = (ring_get(j), k);
-                    nt += 1;
+                    Some((ring_get(j), k))
+                } else {
+                    None
                 }
             });
+            combine(kernel, dst, terms.inspect(|_| nt += 1));
             live[slot] = nt > 0;
             if nt > 0 {
-                combine(kernel, dst, terms[..nt].iter().copied());
                 kernel.xor(self.slots.get_mut(p), dst);
             }
         }

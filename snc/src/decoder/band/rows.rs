@@ -138,6 +138,22 @@ impl Rows {
         }
     }
 
+    /// The non-zero entries `(column, coefficient)` of row `p` right of the pivot, ascending.
+    #[inline]
+    pub(crate) fn entries(&self, p: u32) -> Entries<'_> {
+        match self {
+            Rows::Bits(v) => Entries::Bits {
+                p,
+                bits: v[p as usize] & !1,
+            },
+            Rows::Bytes { w, data, .. } => Entries::Bytes {
+                p,
+                row: &data[p as usize * *w..][..*w],
+                i: 1,
+            },
+        }
+    }
+
     /// Reduces a GF(2) window (bit `i` = column `first + i`, `w <= 64`) against the bit
     /// rows, storing it at the first free pivot. Pushes every pivot used onto `hits`.
     pub(crate) fn walk_bits(
@@ -220,6 +236,40 @@ impl Rows {
                 scratch.copy_within(h..len, 0);
                 scratch[len - h..].fill(0);
                 h = 0;
+            }
+        }
+    }
+}
+
+/// Iterator over one row's entries right of the pivot ([`Rows::entries`]).
+pub(crate) enum Entries<'r> {
+    Bits { p: u32, bits: u64 },
+    Bytes { p: u32, row: &'r [u8], i: usize },
+}
+
+impl Iterator for Entries<'_> {
+    type Item = (u32, u8);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u32, u8)> {
+        match self {
+            Entries::Bits { p, bits } => {
+                if *bits == 0 {
+                    return None;
+                }
+                let j = *p + bits.trailing_zeros();
+                *bits &= *bits - 1;
+                Some((j, 1))
+            }
+            Entries::Bytes { p, row, i } => {
+                while *i < row.len() {
+                    let (j, c) = (*i, row[*i]);
+                    *i += 1;
+                    if c != 0 {
+                        return Some((*p + j as u32, c));
+                    }
+                }
+                None
             }
         }
     }

@@ -79,6 +79,18 @@ impl<'a> Slots<'a> {
         }
     }
 
+    /// Starts loading column `c`'s slot into cache (nothing if `c >= n`): the passes walk
+    /// the segment one slot at a time and ask for the slot they reach next.
+    #[inline]
+    pub(crate) fn prefetch(&self, c: u32) {
+        let sym = self.sym;
+        if c < self.split {
+            crate::field::prefetch(&self.out[c as usize * sym..][..sym]);
+        } else if let Some(slot) = self.side.get((c - self.split) as usize * sym..) {
+            crate::field::prefetch(&slot[..sym.min(slot.len())]);
+        }
+    }
+
     /// Shared view of every slot (no destination).
     pub(crate) fn all(&self) -> Others<'_> {
         Others {
