@@ -538,15 +538,20 @@ impl Recoder {
         let Some((g, fresh)) = self.burst_subgen() else {
             return done;
         };
-        if fresh {
-            self.prefetch_members(g);
-        }
         self.sent[g as usize] += (count - done) as u32;
         self.update_score(g);
-        if matches!(self.burst, Some((_, 0))) {
-            // The burst's last packet: the next burst goes to the best subgeneration (unless
-            // pushes change the scores first). Its symbols load while this packet is summed.
-            if let Some(next) = self.best_subgen().filter(|&next| next != g) {
+        if fresh {
+            self.prefetch_members(g);
+            // The next burst most likely goes to the best subgeneration once this one has
+            // sent its whole burst (unless pushes change the scores first): its symbols load
+            // during this burst.
+            let left = self.burst.map_or(0, |(_, left)| left);
+            self.sent[g as usize] += left;
+            self.update_score(g);
+            let next = self.best_subgen();
+            self.sent[g as usize] -= left;
+            self.update_score(g);
+            if let Some(next) = next.filter(|&next| next != g) {
                 self.prefetch_members(next);
             }
         }
