@@ -224,7 +224,8 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
         record_path: output::record_path(&options.output),
         counters: Arc::clone(&counters),
         live,
-        coop: coop_queue,
+        // `--no-coop`: no queue, so the decoder copies no packet for it.
+        coop: cooperation.is_some().then_some(coop_queue),
         commands: commands_rx,
         events: handle.events,
     };

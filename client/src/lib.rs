@@ -32,6 +32,7 @@ pub mod error;
 pub mod exit;
 pub mod get;
 pub mod output;
+pub mod output_writer;
 pub mod params;
 pub mod progress;
 pub mod receiver;

@@ -1,15 +1,18 @@
 //! The decoder thread: receives data packets on the client's UDP socket through `ccfd-ring`, checks
-//! header, session and MAC, decodes into a segment buffer reused from segment to segment (its pages
-//! stay mapped, so decoding never faults), verifies each segment's BLAKE3 digest, writes the verified
-//! segment into the output with one `pwrite` and records it in the resume record. A segment that fails
-//! its digest never reaches the output file.
+//! header, session and MAC, decodes into one of two segment buffers reused from segment to segment
+//! (their pages stay mapped, so decoding never faults), and hands each decoded segment to the writer
+//! stage ([`output_writer`], a thread of its own), which verifies its BLAKE3 digest, writes it into the
+//! output with one `pwrite` and records it in the resume record, while the decoder thread already
+//! receives the next segment. A segment that fails its digest never reaches the output file.
 //!
 //! It is driven by [`DecoderCommand`]s from the control thread (sent on a channel, then the ring's
 //! [`Waker`](ccfd_ring::Waker) fired) and reports [`DecoderEvent`]s back:
 //! `Start(session)` → receive and decode → `Decoded` (sent at full rank, before the decoder's symbol
-//! passes, so the session stops and the next one is requested meanwhile) → finish → verify →
-//! `Verified { ok }`. A `Stop` for the session being received abandons its partial decode (a later
-//! `Start` for the same segment starts afresh). `Finish`/`Abort` end the loop.
+//! passes, so the session stops and the next one is requested meanwhile) → finish → hand-over → the
+//! writer's `Verified { ok }` (in segment order). A `Stop` for the session being received abandons its
+//! partial decode (a later `Start` for the same segment starts afresh). `Finish`/`Abort` end the loop
+//! (after the writer has drained what it was given). An output error in the writer is reported as
+//! `Failed` and ends the loop with that error.
 //! `StartServerOnly` is the refetch of a segment that failed its digest: only packets from the
 //! server's data address with `Origin::Server` are accepted (others counted in
 //! [`SourceBoard::dropped_not_server`]). Peers' packets are tallied per source IP for the cooperation
@@ -19,9 +22,11 @@
 //! rejected by the codec), bad MAC (right session, MAC fails), wrong session (a session this client never
 //! joined) and stale (a session this client already left, e.g. packets in flight after StopSegment).
 //! Every packet from the server that passes the MAC and the codec's checks is copied to the
-//! cooperation queue ([`CoopQueue`]) unless it is full; peers' packets are not (one-hop relaying:
-//! recoding them again would echo them back to where they came from).
+//! cooperation queue ([`CoopQueue`]) unless it is full or the client does not cooperate (no queue);
+//! peers' packets are not (one-hop relaying: recoding them again would echo them back to where they
+//! came from).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -31,16 +36,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccfd_proto::data::DataKey;
-use ccfd_proto::{DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta};
+use ccfd_proto::{
+    CodeParamsWire, DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta,
+};
 use ccfd_ring::{Ring, SocketId};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use snc::decoder::{Decoder, Progress};
+use snc::Layout;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::coop::{CoopQueue, VerifiedPacket};
 use crate::coop_control::sources::{SourceBoard, SourceTally};
 use crate::error::ClientError;
 use crate::output::PartFile;
+use crate::output_writer::{self, SegmentBuffer, WriterContext, WriterLink};
 use crate::params::session_layout;
 use crate::resume::ResumeRecord;
 use crate::stats::Counters;
@@ -137,8 +146,8 @@ pub struct DecoderContext {
     pub counters: Arc<Counters>,
     /// Live statistics of the current session.
     pub live: Arc<LiveSession>,
-    /// Hand-off to the cooperation shard.
-    pub coop: CoopQueue,
+    /// Hand-off to the cooperation shard (`None` with `--no-coop`: no packet is copied or offered).
+    pub coop: Option<CoopQueue>,
     /// Commands from the control thread.
     pub commands: Receiver<DecoderCommand>,
     /// Events to the control thread.
@@ -174,9 +183,79 @@ fn run_inner(
     part: &mut PartFile,
     ctx: &mut DecoderContext,
 ) -> Result<bool, ClientError> {
+    let DecoderContext {
+        meta,
+        record,
+        record_path,
+        counters,
+        live,
+        coop,
+        commands,
+        events,
+    } = ctx;
+    let receiving = Receiving {
+        meta,
+        counters,
+        live,
+        coop: coop.as_ref(),
+        commands,
+        events,
+        layouts: RefCell::default(),
+    };
+    let (link, end) = output_writer::link();
+    let writer_ctx = WriterContext {
+        part,
+        meta,
+        record,
+        record_path,
+        counters,
+        events: events.clone(),
+    };
+    std::thread::scope(|scope| {
+        let writer = std::thread::Builder::new()
+            .name("ccfd-writer".into())
+            .spawn_scoped(scope, move || {
+                unpin_current_thread();
+                output_writer::run(end, writer_ctx)
+            })
+            .map_err(|e| ClientError::Internal(format!("spawn writer thread: {e}")))?;
+        let decoded = decode_loop(ring, socket, &receiving, &link);
+        // The writer drains what it was given, then ends.
+        drop(link);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(ClientError::Internal("writer thread panicked".into())));
+        match (decoded, written) {
+            // The writer's error says why the link closed.
+            (_, Err(err)) => Err(err),
+            (decoded, Ok(())) => decoded,
+        }
+    })
+}
+
+/// The decoder thread's view of its context while the writer holds the record.
+struct Receiving<'a> {
+    meta: &'a FileMeta,
+    counters: &'a Counters,
+    live: &'a LiveSession,
+    coop: Option<&'a CoopQueue>,
+    commands: &'a Receiver<DecoderCommand>,
+    events: &'a UnboundedSender<DecoderEvent>,
+    layouts: RefCell<LayoutCache>,
+}
+
+/// Receives one session after another, handing each decoded segment to the writer; returns at
+/// `Finish`/`Abort`, or when the writer has stopped (its error is the result then).
+fn decode_loop(
+    ring: &mut Ring,
+    socket: SocketId,
+    ctx: &Receiving<'_>,
+    writer: &WriterLink,
+) -> Result<bool, ClientError> {
     let mut finished: VecDeque<SessionId> = VecDeque::with_capacity(FINISHED_SESSIONS);
     let mut pending: Option<DecoderCommand> = None;
-    let mut buffer = SegmentBuffer::default();
+    let mut buffer: Option<SegmentBuffer> = None;
+    let writer_gone = |_| ClientError::Internal("output writer stopped".into());
     loop {
         let command = match pending.take() {
             Some(command) => command,
@@ -189,10 +268,15 @@ fn run_inner(
             DecoderCommand::Start(meta) => (meta, None),
             DecoderCommand::StartServerOnly { meta, server } => (meta, Some(server)),
         };
+        // Waits only while the writer holds both buffers.
+        let mut current = match buffer.take() {
+            Some(current) => current,
+            None => writer.buffer().map_err(writer_gone)?,
+        };
         let outcome = receive(
             ring,
             socket,
-            &mut buffer,
+            &mut current,
             ctx,
             &session,
             &finished,
@@ -204,77 +288,96 @@ fn run_inner(
         finished.push_back(session.session);
         ctx.live.active.store(false, Ordering::Relaxed);
         match outcome {
-            Outcome::Decoded => {
-                // `receive` already sent `Decoded`.
-                let ok = verify(part, &buffer, ctx, session.segment)?;
-                let _ = ctx.events.send(DecoderEvent::Verified {
-                    segment: session.segment,
-                    ok,
-                });
+            // `receive` already sent `Decoded`; the writer reports `Verified`.
+            Outcome::Decoded => writer
+                .submit(session.segment, current)
+                .map_err(writer_gone)?,
+            Outcome::Stopped => buffer = Some(current),
+            Outcome::Command(command) => {
+                buffer = Some(current);
+                pending = Some(command);
             }
-            Outcome::Stopped => {}
-            Outcome::Command(command) => pending = Some(command),
         }
     }
 }
 
-/// Waits for a command while no session is received, counting whatever datagrams arrive.
+/// The layout of the last session's code (every full segment of a file shares one; building it, the
+/// precode graph, costs milliseconds).
+#[derive(Default)]
+struct LayoutCache {
+    last: Option<(CodeParamsWire, u64, Layout)>,
+}
+
+impl LayoutCache {
+    fn get(&mut self, session: &SessionMeta) -> Result<Layout, ClientError> {
+        if let Some((code, len, layout)) = &self.last {
+            if *code == session.code && *len == session.segment_len {
+                return Ok(layout.clone());
+            }
+        }
+        let layout = session_layout(session).map_err(|detail| ClientError::Protocol {
+            server: String::new(),
+            detail,
+        })?;
+        self.last = Some((session.code, session.segment_len, layout.clone()));
+        Ok(layout)
+    }
+}
+
+/// Lets the calling thread run on every core (threads inherit the pinned decoder thread's affinity).
+fn unpin_current_thread() {
+    let mut all = rustix::thread::CpuSet::new();
+    for core in core_affinity::get_core_ids().unwrap_or_default() {
+        if core.id < rustix::thread::CpuSet::MAX_CPU {
+            all.set(core.id);
+        }
+    }
+    if let Err(error) = rustix::thread::sched_setaffinity(None, &all) {
+        tracing::debug!(%error, "writer thread keeps the decoder's affinity");
+    }
+}
+
+/// Waits for a command while no session is received. Datagrams are left queued meanwhile (in the ring
+/// and the socket): the next session's first packets often arrive before its `Start` (the server
+/// starts sending as it answers the request), and must not be dropped as a wrong session. Only after
+/// [`WAIT`] without a command is what arrived counted and dropped.
 fn idle(
     ring: &mut Ring,
     socket: SocketId,
-    ctx: &DecoderContext,
+    ctx: &Receiving<'_>,
     finished: &VecDeque<SessionId>,
 ) -> Result<DecoderCommand, ClientError> {
     loop {
-        match ctx.commands.try_recv() {
+        match ctx.commands.recv_timeout(WAIT) {
             Ok(command) => return Ok(command),
-            Err(TryRecvError::Disconnected) => return Ok(DecoderCommand::Abort),
-            Err(TryRecvError::Empty) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(DecoderCommand::Abort),
+            Err(RecvTimeoutError::Timeout) => {}
         }
-        ring.wait(Some(WAIT)).map_err(ring_error)?;
-        let counters = &ctx.counters;
-        ring.process(BATCH, |datagram| {
-            if datagram.socket != socket {
-                return;
-            }
-            Counters::add(&counters.packets_received, 1);
-            Counters::add(
-                &counters.datagram_bytes_received,
-                datagram.payload.len() as u64,
-            );
-            match DataHeader::peek(datagram.payload) {
-                Ok(header) if finished.contains(&header.session) => {
-                    Counters::add(&counters.dropped_stale, 1)
-                }
-                Ok(_) => Counters::add(&counters.dropped_wrong_session, 1),
-                Err(_) => Counters::add(&counters.dropped_malformed, 1),
-            }
-        })
-        .map_err(ring_error)?;
-    }
-}
-
-/// The decode target, kept across segments so its pages are faulted in once per download.
-#[derive(Default)]
-struct SegmentBuffer {
-    bytes: Vec<u8>,
-    /// Length of the segment it holds (or is decoding).
-    len: usize,
-}
-
-impl SegmentBuffer {
-    /// The first `len` bytes, grown (zero-filled) if needed; their content is whatever the last
-    /// segment left, which the decoder overwrites.
-    fn take(&mut self, len: usize) -> &mut [u8] {
-        if self.bytes.len() < len {
-            self.bytes.resize(len, 0);
+        ring.wait(Some(Duration::ZERO)).map_err(ring_error)?;
+        let counters = ctx.counters;
+        let mut more = true;
+        while more {
+            more = ring
+                .process(BATCH, |datagram| {
+                    if datagram.socket != socket {
+                        return;
+                    }
+                    Counters::add(&counters.packets_received, 1);
+                    Counters::add(
+                        &counters.datagram_bytes_received,
+                        datagram.payload.len() as u64,
+                    );
+                    match DataHeader::peek(datagram.payload) {
+                        Ok(header) if finished.contains(&header.session) => {
+                            Counters::add(&counters.dropped_stale, 1)
+                        }
+                        Ok(_) => Counters::add(&counters.dropped_wrong_session, 1),
+                        Err(_) => Counters::add(&counters.dropped_malformed, 1),
+                    }
+                })
+                .map_err(ring_error)?
+                .more;
         }
-        self.len = len;
-        &mut self.bytes[..len]
-    }
-
-    fn segment(&self) -> &[u8] {
-        &self.bytes[..self.len]
     }
 }
 
@@ -283,22 +386,19 @@ fn receive(
     ring: &mut Ring,
     socket: SocketId,
     buffer: &mut SegmentBuffer,
-    ctx: &DecoderContext,
+    ctx: &Receiving<'_>,
     session: &SessionMeta,
     finished: &VecDeque<SessionId>,
     server_only: Option<SocketAddr>,
 ) -> Result<Outcome, ClientError> {
-    let Some(range) = segment_range(&ctx.meta, session.segment) else {
+    let Some(range) = segment_range(ctx.meta, session.segment) else {
         return Err(ClientError::Protocol {
             server: String::new(),
             detail: format!("session for segment {} outside the file", session.segment),
         });
     };
-    let layout = session_layout(session).map_err(|detail| ClientError::Protocol {
-        server: String::new(),
-        detail,
-    })?;
-    let live = &ctx.live;
+    let layout = ctx.layouts.borrow_mut().get(session)?;
+    let live = ctx.live;
     live.session.store(session.session.0, Ordering::Relaxed);
     for counter in [&live.packets, &live.bytes, &live.dropped, &live.seq_span] {
         counter.store(0, Ordering::Relaxed);
@@ -315,8 +415,8 @@ fn receive(
         })?;
     // The rank-completing push returns before the symbol passes (`finish` below runs them).
     decoder.set_deferred_finish(true);
-    let counters = &ctx.counters;
-    let coop = &ctx.coop;
+    let counters = ctx.counters;
+    let coop = ctx.coop;
     // Expanded once per session: the per-packet MAC then costs only the hash and one AES block.
     let key = DataKey::new(&session.key);
     let mut seq_first: Option<u32> = None;
@@ -438,6 +538,10 @@ fn receive(
                     // Only what the server sent us goes to the recoding buffer:
                     // every cooperating client is one hop from the server, so relaying peers'
                     // packets again would mostly echo information back to where it came from.
+                    let Some(coop) = coop else {
+                        // `--no-coop`: nobody recodes.
+                        return;
+                    };
                     if header.origin != Origin::Server {
                         // Not for the recoding buffer.
                     } else if coop.is_full() {
@@ -486,39 +590,6 @@ fn receive(
     );
     live.rank.store(decoder.rank(), Ordering::Relaxed);
     Ok(Outcome::Decoded)
-}
-
-/// Checks the decoded segment's digest; on success writes it into the output and records it as
-/// complete (resume record rewritten).
-fn verify(
-    part: &mut PartFile,
-    buffer: &SegmentBuffer,
-    ctx: &mut DecoderContext,
-    segment: u32,
-) -> Result<bool, ClientError> {
-    let range = segment_range(&ctx.meta, segment).unwrap_or(0..0);
-    let decoded = buffer.segment();
-    let expected = ctx.meta.digests.get(segment as usize);
-    let ok = decoded.len() == range.len()
-        && expected.is_some_and(|d| blake3::hash(decoded).as_bytes() == d);
-    if ok {
-        part.write_segment(range.start, decoded)?;
-        part.flush_segment(range.clone())?;
-        ctx.record.set_complete(segment, true);
-        ctx.record
-            .store(&ctx.record_path)
-            .map_err(|e| ClientError::output("write", &ctx.record_path, e))?;
-        Counters::add(&ctx.counters.segments_completed, 1);
-        Counters::add(&ctx.counters.bytes_verified, range.len() as u64);
-        tracing::debug!(segment, "segment verified");
-    } else {
-        Counters::add(&ctx.counters.segments_failed_digest, 1);
-        tracing::warn!(
-            segment,
-            "segment failed its digest: discarded, it will be fetched again"
-        );
-    }
-    Ok(ok)
 }
 
 /// The byte range of `segment` in the output, as `usize` (the meta was checked to fit).

@@ -127,7 +127,7 @@ fn start(meta: FileMeta, output: &Path) -> Harness {
             record_path: record_path(&output),
             counters: thread_counters,
             live: Arc::new(LiveSession::default()),
-            coop: CoopQueue::new(16),
+            coop: Some(CoopQueue::new(16)),
             commands: commands_rx,
             events: events_tx,
         };
