@@ -7,6 +7,8 @@
 //! [`snc_params_from_wire`]`(&session_meta.code, session_meta.segment_len)`; the random grouping seed is
 //! always 0.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use ccfd_proto::{CodeKind as WireKind, CodeParamsWire, FieldKind};
@@ -74,17 +76,41 @@ pub fn snc_params_from_wire(code: &CodeParamsWire, segment_len: u64) -> CodePara
         .systematic(code.systematic)
 }
 
+/// Layouts kept per thread by [`segment_layout`] (every full segment of every file shares one).
+const LAYOUT_CACHE: usize = 8;
+
 /// Validated layout of segment `index` of `file` under `coding`.
+///
+/// Building a layout (its precode graph) costs milliseconds for a 32 MiB segment, and the control
+/// plane needs the same one several times per segment (the request's reply, the session's encoder,
+/// the next segment's prebuild): recent layouts are kept in a small per-thread cache keyed by their
+/// parameters (a layout is a pure function of them) and cloned out.
 pub fn segment_layout(
     coding: &CodingSettings,
     file: &ServedFile,
     index: u32,
 ) -> Result<Layout, ParamError> {
+    thread_local! {
+        static LAYOUTS: RefCell<VecDeque<(CodeParams, Layout)>> =
+            const { RefCell::new(VecDeque::new()) };
+    }
     let len = file
         .layout
         .segment_range(index)
         .map_or(0, |(_, len)| len as u64);
-    snc_params(coding, len).validate()
+    let params = snc_params(coding, len);
+    LAYOUTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, layout)) = cache.iter().find(|(p, _)| *p == params) {
+            return Ok(layout.clone());
+        }
+        let layout = params.clone().validate()?;
+        if cache.len() == LAYOUT_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((params, layout.clone()));
+        Ok(layout)
+    })
 }
 
 /// The bytes of one mapped segment (owner of a [`SessionCoder`]'s borrow).

@@ -21,8 +21,9 @@
 //!   [`SendWindow`] (fed by `Progress`, the receiver's reported packets and rank) keeps the packets in
 //!   flight under what it still needs: a receiver whose window is shut gets nothing until its next
 //!   report. A batch is up to
-//!   64 equal-size datagrams to one receiver, sealed in place with the session key
-//!   (`ccfd_proto::DataPacket::seal_in_place`) and sent as one GSO `sendmsg`.
+//!   64 equal-size datagrams to one receiver, sealed in place with the session's
+//!   [`DataKey`] (expanded once per session; `ccfd_proto::DataPacket::seal_in_place`) and sent as one
+//!   GSO `sendmsg`.
 //! - Each loop iteration ticks the [`Watchdog`]; a stalled shard stops `WATCHDOG=1`.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ccfd_proto::data::DataKey;
 use ccfd_proto::{
     ClientId, DataHeader, DataPacket, Origin, SessionId, SessionKey, DATA_HEADER_LEN,
 };
@@ -302,7 +304,8 @@ struct ShardReceiver {
 
 struct ShardSession {
     segment: u32,
-    key: SessionKey,
+    /// The session key's MAC subkeys, expanded once when the session starts.
+    key: DataKey,
     socket: SocketId,
     coder: SessionCoder,
     pool: SystematicPool,
@@ -585,7 +588,7 @@ impl ShardLoop {
             session,
             ShardSession {
                 segment,
-                key,
+                key: DataKey::new(&key),
                 socket,
                 coder,
                 pool,
