@@ -14,7 +14,7 @@
 //! encoder is still being prebuilt waits for that build instead of starting a second one.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +96,9 @@ struct State {
     listen_ip: IpAddr,
     udp_base: u16,
     closers: HashMap<ClientId, tokio::sync::oneshot::Sender<()>>,
+    /// Clients whose Hello announced no cooperation listener (`--no-coop`): no peer will give them
+    /// anything, so their shard streams send them every source symbol (not a share of the pool).
+    solo: HashSet<ClientId>,
     stats: Arc<ControlStats>,
     /// Per-session command pipelines while an encoder is being built: commands wait behind the
     /// `Start` so the shard sees them in table order.
@@ -395,6 +398,7 @@ impl State {
                         client,
                         addr,
                         rate_bps,
+                        cooperating: !self.solo.contains(&client),
                     },
                 )
             }
@@ -553,6 +557,7 @@ async fn serve(setup: ControlSetup) -> std::io::Result<()> {
         listen_ip: setup.listen_ip,
         udp_base: setup.udp_base,
         closers: HashMap::new(),
+        solo: HashSet::new(),
         stats: Arc::clone(&setup.stats),
         pipelines: HashMap::new(),
         builds_started: 0,
@@ -812,6 +817,13 @@ async fn handle_frame(
         if let Some(Ok(found)) = &found {
             remember(st, found);
         }
+        if let Frame::Hello(hello) = &frame {
+            if hello.control_addr.is_none() {
+                st.solo.insert(client);
+            } else {
+                st.solo.remove(&client);
+            }
+        }
         let coding = &st.coding;
         let reply =
             st.table
@@ -952,6 +964,7 @@ async fn connection(
     let _ = stream.shutdown().await;
     let mut st = state.borrow_mut();
     st.closers.remove(&client);
+    st.solo.remove(&client);
     st.table.disconnect(Instant::now(), client);
     st.pump();
     tracing::debug!(parent: &span, "disconnected");

@@ -79,6 +79,9 @@ pub enum ShardMsg {
         addr: SocketAddr,
         /// Pacing rate, bits/s.
         rate_bps: u64,
+        /// Whether the client cooperates with peers (else it gets every source symbol itself
+        /// instead of a share of the session's pool: see [`pool`]).
+        cooperating: bool,
     },
     /// Change a receiver's rate.
     SetRate {
@@ -425,6 +428,7 @@ impl ShardLoop {
                 client,
                 addr,
                 rate_bps,
+                cooperating,
             } => {
                 let key = self.next_stream_key();
                 // A session nobody receives any more starts a fresh pool: no receiver present
@@ -451,7 +455,11 @@ impl ShardLoop {
                     client,
                     addr,
                     bucket: TokenBucket::new(rate_bps, dgram, now),
-                    stream: ReceiverStream::new(key),
+                    stream: if cooperating {
+                        ReceiverStream::new(key)
+                    } else {
+                        ReceiverStream::solo(key)
+                    },
                     window: SendWindow::new(needed),
                 });
                 self.stats
@@ -462,6 +470,7 @@ impl ShardLoop {
                     client = client.0,
                     %addr,
                     rate_bps,
+                    cooperating,
                     pool_left = s.pool.remaining(),
                     refill,
                     "receiver added"
@@ -642,7 +651,12 @@ impl ShardLoop {
             let pooled: u64 = session.receivers.iter().map(|x| x.stream.pooled()).sum();
             for j in 0..receivers {
                 let r = (self.turn + j) % receivers;
-                let owed = pooled.saturating_sub(session.receivers[r].stream.pooled());
+                // A solo receiver is owed nothing (its stream holds every source symbol).
+                let owed = if session.receivers[r].stream.is_solo() {
+                    0
+                } else {
+                    pooled.saturating_sub(session.receivers[r].stream.pooled())
+                };
                 session.receivers[r].window.set_owed_by_peers(owed);
                 for _ in 0..BATCHES_PER_TURN {
                     match send_batch(

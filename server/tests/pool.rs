@@ -191,7 +191,7 @@ fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() 
                     let socket = receiver_socket(ip);
                     let receive_addr = socket.local_addr().unwrap();
                     let mut ctl = Ctl::connect(addr);
-                    ctl.hello(100 + i as u64, Some(receive_addr));
+                    ctl.hello_cooperating(100 + i as u64, receive_addr);
                     barrier.wait();
                     let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
                     let (seen, decoded) = receive(&mut ctl, &socket, &meta, |_| false);
@@ -239,7 +239,7 @@ fn a_lone_receiver_gets_every_source_symbol_then_coded_repair() {
     let socket = receiver_socket("127.79.2.2");
     let receive_addr = socket.local_addr().unwrap();
     let mut ctl = Ctl::connect(server.control_addr());
-    ctl.hello(1, Some(receive_addr));
+    ctl.hello_cooperating(1, receive_addr);
     let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
     let k = source_count(&meta);
     // One packet in ten lost after the socket: coded packets repair the holes.
@@ -258,6 +258,50 @@ fn a_lone_receiver_gets_every_source_symbol_then_coded_repair() {
     server.shutdown();
 }
 
+#[test]
+fn receivers_that_do_not_cooperate_each_get_every_source_symbol() {
+    let (dir, data) = pool_root();
+    let server = pool_server(&dir, "127.79.5.1", 4, 20_000_000);
+    let addr = server.control_addr();
+    let barrier = Barrier::new(2);
+    let results: Vec<(SessionMeta, Seen, Vec<u8>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ["127.79.5.2", "127.79.5.3"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let socket = receiver_socket(ip);
+                    let receive_addr = socket.local_addr().unwrap();
+                    let mut ctl = Ctl::connect(addr);
+                    // No cooperation listener (`--no-coop`): no peer would give it the others' shares.
+                    ctl.hello(200 + i as u64, Some(receive_addr));
+                    barrier.wait();
+                    let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
+                    let (seen, decoded) = receive(&mut ctl, &socket, &meta, |_| false);
+                    (meta, seen, decoded)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0].0.session, results[1].0.session, "one session");
+    let k = source_count(&results[0].0);
+    for (who, (_, seen, decoded)) in ["a", "b"].iter().zip(&results) {
+        assert!(decoded == &data, "{who} decoded the segment");
+        seen.assert_seqs_count_from_zero(who);
+        assert_eq!(
+            seen.systematic.iter().copied().collect::<BTreeSet<u32>>(),
+            (0..k).collect(),
+            "{who}: every source symbol"
+        );
+        assert_eq!(seen.systematic.len() as u32, k, "{who}: each once");
+        assert_eq!(seen.coded, 0, "{who}: no loss, no repair");
+    }
+    assert_eq!(server.stats().pooled, 0, "the pool is left alone");
+    server.shutdown();
+}
+
 /// A receiver joining while another holds the whole pool gets coded packets only; once nobody
 /// receives the session any more, the next receiver gets a fresh pool.
 #[test]
@@ -268,7 +312,7 @@ fn a_receiver_joining_after_the_pool_ran_dry_gets_coded_packets_only() {
     let first_socket = receiver_socket("127.79.3.2");
     let first_addr = first_socket.local_addr().unwrap();
     let mut first = Ctl::connect(server.control_addr());
-    first.hello(1, Some(first_addr));
+    first.hello_cooperating(1, first_addr);
     let first_meta = request_segment(&mut first, "big.bin", 0, first_addr);
     let layout = ccfd_server::coder::snc_params_from_wire(&first_meta.code, first_meta.segment_len)
         .validate()
@@ -305,7 +349,7 @@ fn a_receiver_joining_after_the_pool_ran_dry_gets_coded_packets_only() {
     let late_socket = receiver_socket("127.79.3.3");
     let late_addr = late_socket.local_addr().unwrap();
     let mut late = Ctl::connect(server.control_addr());
-    late.hello(2, Some(late_addr));
+    late.hello_cooperating(2, late_addr);
     let late_meta = request_segment(&mut late, "big.bin", 0, late_addr);
     assert_eq!(late_meta.session, first_meta.session, "same session");
     let (seen, decoded) = receive(&mut late, &late_socket, &late_meta, |_| false);
@@ -322,7 +366,7 @@ fn a_receiver_joining_after_the_pool_ran_dry_gets_coded_packets_only() {
     let next_socket = receiver_socket("127.79.3.4");
     let next_addr = next_socket.local_addr().unwrap();
     let mut next = Ctl::connect(server.control_addr());
-    next.hello(3, Some(next_addr));
+    next.hello_cooperating(3, next_addr);
     let next_meta = request_segment(&mut next, "big.bin", 0, next_addr);
     assert_eq!(next_meta.session, first_meta.session, "same session");
     let (seen, decoded) = receive(&mut next, &next_socket, &next_meta, |_| false);
@@ -347,7 +391,7 @@ fn a_receiver_filled_by_peers_stops_the_servers_stream() {
     let socket = receiver_socket("127.79.4.2");
     let receive_addr = socket.local_addr().unwrap();
     let mut ctl = Ctl::connect(server.control_addr());
-    ctl.hello(1, Some(receive_addr));
+    ctl.hello_cooperating(1, receive_addr);
     let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
     let k = source_count(&meta);
     let mut buf = vec![0u8; 65536];

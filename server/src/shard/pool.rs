@@ -16,6 +16,9 @@
 //!   the pool ran dry gets coded packets only, unless nobody receives the session any more: then the
 //!   shard starts a fresh pool for it (no receiver present holds those symbols; a lone client that
 //!   comes back within the session's idle time decodes from copies again).
+//! - A receiver that does not cooperate ([`ReceiverStream::solo`]) leaves the pool alone: it gets its
+//!   own stream from packet 0 (all `K` source symbols in its own interleaved order, then coded
+//!   packets), because no peer would give it the other receivers' shares.
 //! - [`ReceiverStream::peek`] then [`ReceiverStream::advance`]: the shard peeks at the next plan (a GSO
 //!   batch stops where the packet length changes, at the pool → coded switch) and commits only what it
 //!   wrote. [`ReceiverStream::seq`] numbers every packet sent to the receiver, pooled or coded, from 0
@@ -72,8 +75,13 @@ pub struct NextPacket {
 /// One receiver's packets: what it took from the pool and its own coded stream.
 #[derive(Debug, Clone)]
 pub struct ReceiverStream {
-    /// The receiver's own stream (its key); only its coded counters are used.
+    /// The receiver's own stream (its key); only its coded counters are used, except for a solo
+    /// receiver, which gets all of it.
     stream: Stream,
+    /// A receiver that does not cooperate: it never takes from the pool (no peer would give it the
+    /// others' shares) and gets its own stream from packet 0 (all `K` source symbols first, in its own
+    /// interleaved order, then coded packets).
+    solo: bool,
     /// Source symbols it got from the pool.
     pooled: u64,
     /// Coded packets it got.
@@ -85,9 +93,24 @@ impl ReceiverStream {
     pub fn new(key: u64) -> Self {
         Self {
             stream: Stream::new(key),
+            solo: false,
             pooled: 0,
             coded: 0,
         }
+    }
+
+    /// A receiver that does not cooperate, its stream keyed by `key`: it gets packets `0, 1, ...`
+    /// of its own stream and leaves the pool alone.
+    pub fn solo(key: u64) -> Self {
+        Self {
+            solo: true,
+            ..Self::new(key)
+        }
+    }
+
+    /// Whether it is a solo receiver ([`ReceiverStream::solo`]).
+    pub fn is_solo(&self) -> bool {
+        self.solo
     }
 
     /// Packets sent to this receiver so far.
@@ -105,9 +128,16 @@ impl ReceiverStream {
         self.sent() as u32
     }
 
-    /// Its next packet: the pool's next source symbol while any is left, else its next coded packet;
-    /// `None` for an empty segment.
+    /// Its next packet: the pool's next source symbol while any is left, else its next coded packet
+    /// (a solo receiver: the next packet of its own stream); `None` for an empty segment.
     pub fn peek(&self, pool: &SystematicPool, encoder: &Encoder<'_>) -> Option<NextPacket> {
+        if self.solo {
+            let plan = encoder.plan(&self.stream, self.coded)?;
+            return Some(NextPacket {
+                plan,
+                pooled: false,
+            });
+        }
         if pool.remaining() > 0 {
             let plan = encoder.plan(&pool.stream, pool.handed)?;
             return Some(NextPacket { plan, pooled: true });

@@ -113,14 +113,30 @@ impl Ctl {
         self.recv().expect("a reply")
     }
 
-    /// Says Hello as client `node` receiving on `data_addr`.
+    /// Says Hello as client `node` receiving on `data_addr` (not cooperating: no listener announced).
     pub fn hello(&mut self, node: u64, data_addr: Option<SocketAddr>) {
+        self.hello_with(node, data_addr, None);
+    }
+
+    /// Says Hello as a cooperating client `node` (announcing a listener on its data IP, port 9: the
+    /// server only lists it to peers).
+    pub fn hello_cooperating(&mut self, node: u64, data_addr: SocketAddr) {
+        let listener = SocketAddr::new(data_addr.ip(), 9);
+        self.hello_with(node, Some(data_addr), Some(listener));
+    }
+
+    fn hello_with(
+        &mut self,
+        node: u64,
+        data_addr: Option<SocketAddr>,
+        control_addr: Option<SocketAddr>,
+    ) {
         let reply = self.request(&Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
             node_id: NodeId(node),
             data_addr,
-            control_addr: None,
+            control_addr,
         }));
         assert!(
             matches!(
