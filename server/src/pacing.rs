@@ -39,7 +39,12 @@ pub const WINDOW_LOSS_REPORTS: u32 = 2;
 
 /// Reports in a row without rank progress, while the window was held shut for packets peers owe,
 /// after which the receiver's peers are taken not to deliver (for the rest of the segment).
-pub const PEER_STALL_REPORTS: u32 = 3;
+///
+/// Receivers report every 20 ms: 10 reports are 200 ms. With 3 (60 ms) the rule fired in the lab
+/// on receivers whose peers were delivering, whenever a decoder thread or a peer's encoder build
+/// was held up that long on a loaded host (or a late joiner's peer streams were still starting),
+/// and the server then sent that receiver everything it lacked a second time.
+pub const PEER_STALL_REPORTS: u32 = 10;
 
 /// The in-flight cap of one receiver, from its progress reports.
 ///
@@ -51,10 +56,11 @@ pub const PEER_STALL_REPORTS: u32 = 3;
 /// [`WINDOW_LOSS_REPORTS`] reports in a row show no new packet, everything in flight is counted as
 /// lost (`lost`), so the window reopens. Before the first report the window is the whole segment.
 ///
-/// Cooperation: source symbols of the session's pool that went to the *other* receivers present
-/// ([`SendWindow::set_owed_by_peers`]) reach this receiver through its peers, so what it still
-/// needs from us is `needed - rank` minus what they still owe (`owed - (rank - received)`: its
-/// rank beyond our packets came from peers). When the window is held shut that way and
+/// Cooperation: packets of the session that reached the *other* receivers, present or gone after
+/// decoding ([`SendWindow::set_owed_by_peers`]), reach this receiver through its peers (they relay
+/// what they receive and encode from their copy once decoded), so what it still needs from us is
+/// `needed - rank` minus what they still owe (`owed - (rank - received)`: its rank beyond our
+/// packets came from peers). When the window is held shut that way and
 /// [`PEER_STALL_REPORTS`] reports in a row show no rank progress, its peers are taken not to
 /// deliver (no cooperation, peers gone) and the owed symbols no longer count.
 #[derive(Debug, Clone)]
@@ -71,6 +77,10 @@ pub struct SendWindow {
     owed: u64,
     peers_failed: bool,
     stalled_reports: u32,
+    /// Reports after which the window had been held shut for what peers owe.
+    held_reports: u32,
+    /// Packets sent after the peers were taken to have failed.
+    sent_after_failure: u64,
 }
 
 impl SendWindow {
@@ -89,10 +99,13 @@ impl SendWindow {
             owed: 0,
             peers_failed: false,
             stalled_reports: 0,
+            held_reports: 0,
+            sent_after_failure: 0,
         }
     }
 
-    /// Pool symbols the other receivers present got (they owe them to this one through cooperation).
+    /// Packets the other receivers got, present or gone after decoding (they owe them to this one
+    /// through cooperation).
     pub fn set_owed_by_peers(&mut self, owed: u64) {
         self.owed = owed;
     }
@@ -104,6 +117,12 @@ impl SendWindow {
         }
         let from_peers = self.rank.saturating_sub(self.received);
         self.owed.saturating_sub(from_peers)
+    }
+
+    /// Whether the window lets anything through now (like [`SendWindow::allowance`] `> 0`,
+    /// without marking it shut).
+    pub fn is_open(&self) -> bool {
+        self.clone().allowance() > 0
     }
 
     /// Packets that may be sent now.
@@ -131,6 +150,29 @@ impl SendWindow {
     /// `n` packets were sent.
     pub fn on_sent(&mut self, n: u64) {
         self.sent += n;
+        if self.peers_failed {
+            self.sent_after_failure += n;
+        }
+    }
+
+    /// Packets of this stream the receiver last reported (what it can relay to its peers).
+    pub fn delivered(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether its peers were taken not to deliver ([`PEER_STALL_REPORTS`]).
+    pub fn peers_failed(&self) -> bool {
+        self.peers_failed
+    }
+
+    /// Packets sent after its peers were taken not to deliver.
+    pub fn sent_after_failure(&self) -> u64 {
+        self.sent_after_failure
+    }
+
+    /// Reports after which the window had been held shut for what its peers owe.
+    pub fn held_reports(&self) -> u32 {
+        self.held_reports
     }
 
     /// The receiver reports `received` packets of this stream so far, rank `rank`, and the loss it
@@ -146,7 +188,9 @@ impl SendWindow {
         } else {
             self.quiet_reports = 0;
         }
-        if self.shut_since_report && self.owed_outstanding() > 0 && u64::from(rank) <= self.rank {
+        let held = self.shut_since_report && self.owed_outstanding() > 0;
+        self.held_reports += u32::from(held);
+        if held && u64::from(rank) <= self.rank {
             self.stalled_reports += 1;
             if self.stalled_reports >= PEER_STALL_REPORTS {
                 self.peers_failed = true;

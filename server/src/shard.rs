@@ -148,6 +148,11 @@ pub struct ShardStats {
     pub window_lost: AtomicU64,
     /// Source symbols handed out from the sessions' systematic pools (part of `packets`).
     pub pooled: AtomicU64,
+    /// Receivers whose peers were taken not to deliver (their send window stopped leaving to peers
+    /// what they owe).
+    pub peers_failed: AtomicU64,
+    /// Packets sent to receivers after their peers were taken not to deliver.
+    pub sent_after_peers_failed: AtomicU64,
 }
 
 /// Static settings of a shard.
@@ -446,7 +451,7 @@ impl ShardLoop {
                 let layout = s.coder.encoder().layout();
                 let needed = layout.source_count();
                 if let Some(pool_key) = pool_key {
-                    s.pool = SystematicPool::new(layout, pool_key);
+                    s.pool.refill(layout, pool_key);
                 }
                 let before = s.receivers.len();
                 s.receivers.retain(|r| r.client != client);
@@ -516,13 +521,31 @@ impl ShardLoop {
             ShardMsg::RemoveReceiver { session, client } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let before = s.receivers.len();
-                    let (sent, pooled, window_lost) = s
-                        .receivers
-                        .iter()
-                        .find(|r| r.client == client)
-                        .map_or((0, 0, 0), |r| {
-                            (r.stream.sent(), r.stream.pooled(), r.window.lost())
-                        });
+                    let found = s.receivers.iter().find(|r| r.client == client).map(|r| {
+                        (
+                            r.stream.sent(),
+                            r.stream.pooled(),
+                            r.window.clone(),
+                            r.stream.is_solo(),
+                        )
+                    });
+                    let (sent, pooled, window_lost) = found
+                        .as_ref()
+                        .map_or((0, 0, 0), |(sent, pooled, w, _)| (*sent, *pooled, w.lost()));
+                    let window = found.map(|(_, _, w, solo)| (w, solo));
+                    if let Some((w, solo)) = &window {
+                        // What it got is owed by it (a peer now) to the session's other receivers
+                        // (not by a solo receiver: it serves no peer).
+                        if !solo {
+                            s.pool.on_receiver_left(w.delivered());
+                        }
+                        if w.peers_failed() {
+                            self.stats.peers_failed.fetch_add(1, Ordering::Relaxed);
+                            self.stats
+                                .sent_after_peers_failed
+                                .fetch_add(w.sent_after_failure(), Ordering::Relaxed);
+                        }
+                    }
                     s.receivers.retain(|r| r.client != client);
                     let removed = (before - s.receivers.len()) as u64;
                     let elapsed_ms = now.saturating_sub(s.started_ns) / 1_000_000;
@@ -534,6 +557,11 @@ impl ShardLoop {
                         pooled,
                         pool_left = s.pool.remaining(),
                         window_lost,
+                        delivered = window.as_ref().map_or(0, |(w, _)| w.delivered()),
+                        peers_failed = window.as_ref().is_some_and(|(w, _)| w.peers_failed()),
+                        after_failure = window.as_ref().map_or(0, |(w, _)| w.sent_after_failure()),
+                        held_reports = window.as_ref().map_or(0, |(w, _)| w.held_reports()),
+                        departed = s.pool.departed(),
                         elapsed_ms,
                         "receiver removed"
                     );
@@ -645,17 +673,44 @@ impl ShardLoop {
                 continue;
             };
             let receivers = session.receivers.len();
-            // Pool symbols held by the receivers present, once per round (not per batch): a
-            // receiver's peers owe it the others' share (a round's own sends make it stale by at
-            // most a few batches, which only widens a window until the next round).
-            let pooled: u64 = session.receivers.iter().map(|x| x.stream.pooled()).sum();
+            // Packets the session's receivers got, present or gone after decoding, once per round
+            // (not per batch): a receiver's peers owe it what the others got (reports lag, which
+            // only widens a window).
+            let delivered: u64 = session.pool.departed()
+                + session
+                    .receivers
+                    .iter()
+                    .filter(|x| !x.stream.is_solo())
+                    .map(|x| x.window.delivered())
+                    .sum::<u64>();
+            // Even pool shares: the fewest pool symbols receivers with an open window hold (the
+            // two fewest, so each receiver gets the fewest among the *others*).
+            let mut fewest = [(u64::MAX, usize::MAX); 2];
+            for (i, x) in session.receivers.iter().enumerate() {
+                if x.window.is_open() && !x.stream.is_solo() {
+                    let p = x.stream.pooled();
+                    if p < fewest[0].0 {
+                        fewest = [(p, i), fewest[0]];
+                    } else if p < fewest[1].0 {
+                        fewest[1] = (p, i);
+                    }
+                }
+            }
             for j in 0..receivers {
                 let r = (self.turn + j) % receivers;
+                let other = if fewest[0].1 == r {
+                    fewest[1]
+                } else {
+                    fewest[0]
+                };
+                session.receivers[r]
+                    .stream
+                    .set_share_cap((other.1 != usize::MAX).then_some(other.0));
                 // A solo receiver is owed nothing (its stream holds every source symbol).
                 let owed = if session.receivers[r].stream.is_solo() {
                     0
                 } else {
-                    pooled.saturating_sub(session.receivers[r].stream.pooled())
+                    delivered.saturating_sub(session.receivers[r].window.delivered())
                 };
                 session.receivers[r].window.set_owed_by_peers(owed);
                 for _ in 0..BATCHES_PER_TURN {

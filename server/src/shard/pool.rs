@@ -19,6 +19,16 @@
 //! - A receiver that does not cooperate ([`ReceiverStream::solo`]) leaves the pool alone: it gets its
 //!   own stream from packet 0 (all `K` source symbols in its own interleaved order, then coded
 //!   packets), because no peer would give it the other receivers' shares.
+//! - Shares stay even: a receiver takes a pool symbol only while it holds at most
+//!   [`SHARE_SLACK`] more than the fewest any other receiver with an open send window holds
+//!   ([`ReceiverStream::set_share_cap`], set by the shard each round); above that it gets nothing
+//!   (not coded packets) until the others catch up. Each receiver relays its share to every other
+//!   one, so the largest share sets how long the relays take: a client that joined the session
+//!   first took 40 % of the pool in the lab (N=4) and its uplink then held up the whole segment.
+//! - The pool also counts the packets its receivers got before they left
+//!   ([`SystematicPool::on_receiver_left`], kept across a refill): a receiver that decoded holds the
+//!   whole segment and serves the session's later receivers as a peer, so what went to it is owed
+//!   to them by peers too (the shard's send windows hold those packets back).
 //! - [`ReceiverStream::peek`] then [`ReceiverStream::advance`]: the shard peeks at the next plan (a GSO
 //!   batch stops where the packet length changes, at the pool → coded switch) and commits only what it
 //!   wrote. [`ReceiverStream::seq`] numbers every packet sent to the receiver, pooled or coded, from 0
@@ -26,6 +36,10 @@
 
 use snc::encoder::{Encoder, PacketPlan, Stream};
 use snc::Layout;
+
+/// Pool symbols a receiver may hold beyond the fewest another receiver holds (four GSO batches of
+/// 64: a round's worth).
+pub const SHARE_SLACK: u64 = 256;
 
 /// A session's source symbols, each handed to one receiver.
 #[derive(Debug, Clone)]
@@ -36,6 +50,8 @@ pub struct SystematicPool {
     handed: u64,
     /// `K` for systematic layouts, 0 otherwise.
     size: u64,
+    /// Packets received by receivers that left the session.
+    departed: u64,
 }
 
 impl SystematicPool {
@@ -49,7 +65,26 @@ impl SystematicPool {
             } else {
                 0
             },
+            departed: 0,
         }
+    }
+
+    /// A fresh pool keyed by `key` (for a session nobody receives any more), keeping the count of
+    /// packets its former receivers got ([`SystematicPool::departed`]).
+    pub fn refill(&mut self, layout: &Layout, key: u64) {
+        let departed = self.departed;
+        *self = Self::new(layout, key);
+        self.departed = departed;
+    }
+
+    /// A receiver left the session after getting `delivered` packets of it.
+    pub fn on_receiver_left(&mut self, delivered: u64) {
+        self.departed = self.departed.saturating_add(delivered);
+    }
+
+    /// Packets received by the receivers that left the session.
+    pub fn departed(&self) -> u64 {
+        self.departed
     }
 
     /// Source symbols not handed out yet.
@@ -86,6 +121,8 @@ pub struct ReceiverStream {
     pooled: u64,
     /// Coded packets it got.
     coded: u64,
+    /// Most pool symbols it may hold for now ([`ReceiverStream::set_share_cap`]).
+    share_cap: u64,
 }
 
 impl ReceiverStream {
@@ -96,6 +133,7 @@ impl ReceiverStream {
             solo: false,
             pooled: 0,
             coded: 0,
+            share_cap: u64::MAX,
         }
     }
 
@@ -111,6 +149,12 @@ impl ReceiverStream {
     /// Whether it is a solo receiver ([`ReceiverStream::solo`]).
     pub fn is_solo(&self) -> bool {
         self.solo
+    }
+
+    /// Caps its pool share for now at `fewest_other + SHARE_SLACK` (`fewest_other`: the fewest
+    /// pool symbols another receiver with an open window holds; `None` when there is none).
+    pub fn set_share_cap(&mut self, fewest_other: Option<u64>) {
+        self.share_cap = fewest_other.map_or(u64::MAX, |n| n.saturating_add(SHARE_SLACK));
     }
 
     /// Packets sent to this receiver so far.
@@ -129,7 +173,8 @@ impl ReceiverStream {
     }
 
     /// Its next packet: the pool's next source symbol while any is left, else its next coded packet
-    /// (a solo receiver: the next packet of its own stream); `None` for an empty segment.
+    /// (a solo receiver: the next packet of its own stream); `None` for an empty segment, or while
+    /// the pool lasts and its share is at its cap.
     pub fn peek(&self, pool: &SystematicPool, encoder: &Encoder<'_>) -> Option<NextPacket> {
         if self.solo {
             let plan = encoder.plan(&self.stream, self.coded)?;
@@ -139,6 +184,9 @@ impl ReceiverStream {
             });
         }
         if pool.remaining() > 0 {
+            if self.pooled >= self.share_cap {
+                return None;
+            }
             let plan = encoder.plan(&pool.stream, pool.handed)?;
             return Some(NextPacket { plan, pooled: true });
         }
@@ -272,6 +320,53 @@ mod tests {
         assert!(!first.pooled);
         assert_eq!(first.plan, encoder.plan(&Stream::new(5), k as u64).unwrap());
         assert_eq!(late.seq(), 0);
+    }
+
+    #[test]
+    fn a_receiver_ahead_waits_for_the_others_share() {
+        let data = vec![3u8; 64 * 2000];
+        let layout = layout(data.len() as u64, true);
+        let encoder = Encoder::new(&layout, &data).unwrap();
+        let mut pool = SystematicPool::new(&layout, 1);
+        let mut early = ReceiverStream::new(2);
+        let mut late = ReceiverStream::new(3);
+        // Alone: no cap.
+        early.set_share_cap(None);
+        send(&mut early, &mut pool, &encoder, 1000);
+        assert_eq!(early.pooled(), 1000);
+        // The late one joins with nothing: the early one waits (gets nothing, not coded packets).
+        early.set_share_cap(Some(late.pooled()));
+        assert_eq!(early.peek(&pool, &encoder), None);
+        late.set_share_cap(Some(early.pooled()));
+        send(&mut late, &mut pool, &encoder, 800);
+        early.set_share_cap(Some(late.pooled()));
+        assert!(early.peek(&pool, &encoder).is_some_and(|n| n.pooled));
+        send(&mut early, &mut pool, &encoder, 56);
+        assert_eq!(early.peek(&pool, &encoder), None);
+        assert_eq!(early.pooled(), 800 + SHARE_SLACK);
+        // Once the pool is dry the cap no longer matters: coded packets.
+        late.set_share_cap(None);
+        let rest = pool.remaining() as usize;
+        send(&mut late, &mut pool, &encoder, rest);
+        assert!(early.peek(&pool, &encoder).is_some_and(|n| !n.pooled));
+    }
+
+    #[test]
+    fn a_refill_keeps_what_departed_receivers_got() {
+        let data = vec![3u8; 64 * 40];
+        let layout = layout(data.len() as u64, true);
+        let encoder = Encoder::new(&layout, &data).unwrap();
+        let mut pool = SystematicPool::new(&layout, 1);
+        let mut rx = ReceiverStream::new(2);
+        send(&mut rx, &mut pool, &encoder, 40);
+        assert_eq!(pool.remaining(), 0);
+        pool.on_receiver_left(38);
+        pool.on_receiver_left(5);
+        assert_eq!(pool.departed(), 43);
+        pool.refill(&layout, 9);
+        assert_eq!(pool.remaining(), 40);
+        assert_eq!(pool.handed(), 0);
+        assert_eq!(pool.departed(), 43);
     }
 
     #[test]
