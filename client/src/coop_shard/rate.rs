@@ -7,11 +7,10 @@
 //! - [`RateController`]: one per stream, driven by the receiver's reports ([`ReceiverStats`]:
 //!   receive rate and loss over its last interval). It starts at [`INITIAL_RATE_BPS`] and
 //!   1. *cuts* to 7/8 of what got through when the loss exceeds the loss floor by more than
-//!      [`LOSS_HIGH_PPM`] (1 %), and remembers what got through as the path's *ceiling*;
-//!   2. *settles* just above the receive rate when the receiver takes clearly less (< 3/4) than we
-//!      actually sent without loss (its socket buffer is backing up: loss follows);
-//!   3. with loss between the two thresholds, holds at most the receive rate (sheds the excess);
-//!   4. otherwise, while the loss stays under floor + [`LOSS_LOW_PPM`] and we actually use the
+//!      [`LOSS_HIGH_PPM`] (1 %), and remembers what got through as the path's *ceiling*; what got
+//!      through is the larger of the receiver's useful rate and what we sent less the loss;
+//!   2. with loss between the two thresholds, holds at most the receive rate (sheds the excess);
+//!   3. otherwise, while the loss stays under floor + [`LOSS_LOW_PPM`] and we actually use the
 //!      rate, *grows*: x1.5 per report while no ceiling is known (at most twice the receive rate);
 //!      once one is, quickly back to 95 % of it, then probing above it with an increment that
 //!      doubles with every clean report (1.5 %, 3 %, 6 %, ... of the ceiling), so a link that got
@@ -20,6 +19,13 @@
 //!   With the datagram size known ([`RateController::set_datagram_bytes`]) both loss thresholds
 //!   are at least three standard deviations of a loss rate measured over the interval's
 //!   datagrams: a slow stream's report counts few of them, and one random loss is no congestion.
+//!
+//!   It never settles on the receiver's *useful* rate while nothing is lost: an encoding stream's
+//!   packets are fresh codes of a complete segment, and a receiver near the end of its segment
+//!   finds many of them redundant (windowed codes: only a few windows still lack rank) however
+//!   fast they come. Settling there took streams down to 1 Mbit/s in the lab (the asker's tail
+//!   then dragged, and its next stream on the link started from that), while the server, seeing
+//!   the asker's rank stall, sent it what its peers owed.
 //!
 //!   The *loss floor* is the least loss of the last [`FLOOR_REPORTS`] reports (at most
 //!   [`FLOOR_MAX_PPM`]): random wire loss is there at every rate and is not a reason to slow
@@ -35,8 +41,10 @@
 //!   It cuts only at [`ARRIVAL_LOSS_HIGH_PPM`] above the floor (keeping no ceiling: it grows
 //!   back x1.5 per clean report), below what got through measured as what it sent less the loss (the useful
 //!   rate the receiver reports would be far lower while it waits for other sources' packets).
-//!   When it turns into an encoding stream (the segment completed here) its rate starts from
-//!   what it last sent.
+//!   When it turns into an encoding stream (the segment completed here) it keeps its rate, at
+//!   least [`ENCODE_FLOOR_BPS`]: the arrivals dwindle at the end of our own segment, so what it
+//!   last sent says nothing about the asker's downlink, and the asker now needs from us what the
+//!   server no longer sends anyone (loss cuts the rate if the downlink is full).
 //! - [`fair_shares`]: the upload cap split max-min fairly over the streams' demands.
 
 use std::collections::VecDeque;
@@ -47,6 +55,8 @@ use ccfd_proto::ReceiverStats;
 pub use ccfd_proto::pacing::BURST_WINDOW;
 /// A new stream's rate before its receiver reports.
 pub const INITIAL_RATE_BPS: u64 = 100_000_000;
+/// Least rate of a relaying stream that turns into an encoding one (see the module doc).
+pub const ENCODE_FLOOR_BPS: u64 = INITIAL_RATE_BPS / 2;
 /// Lowest rate a stream is paced at.
 pub const MIN_RATE_BPS: u64 = 1_000_000;
 /// Highest rate a stream is paced at.
@@ -79,8 +89,6 @@ pub enum RateChange {
     Ignored,
     /// Loss above the floor: cut.
     Cut,
-    /// The receiver takes clearly less than we send: settled above its rate.
-    Settled,
     /// Grown.
     Grown,
     /// Unchanged (loss in between, or we do not use the rate we have).
@@ -98,8 +106,6 @@ pub struct RateController {
     reports: u64,
     losses: VecDeque<u32>,
     arrival_driven: bool,
-    /// What the stream sent over the last report interval.
-    last_sent_bps: u64,
     /// Bytes of one datagram (0: unknown), to count the packets a loss rate is measured over.
     datagram_bytes: u64,
 }
@@ -116,7 +122,6 @@ impl RateController {
             reports: 0,
             losses: VecDeque::with_capacity(FLOOR_REPORTS),
             arrival_driven: false,
-            last_sent_bps: 0,
             datagram_bytes: 0,
         }
     }
@@ -139,12 +144,11 @@ impl RateController {
         (3.0 * (p * (1.0 - p) / n).sqrt() * 1e6) as u32
     }
 
-    /// Whether the stream relays arrivals (see the module doc). Turning it off starts the rate
-    /// from what the stream last sent (plus 1/8), if it sent less than its rate allowed.
+    /// Whether the stream relays arrivals (see the module doc). Turning it off keeps the rate, at
+    /// least [`ENCODE_FLOOR_BPS`].
     pub fn set_arrival_driven(&mut self, on: bool) {
-        if self.arrival_driven && !on && self.reports >= 2 {
-            let sent = self.last_sent_bps.saturating_add(self.last_sent_bps / 8);
-            self.rate_bps = self.rate_bps.min(sent).clamp(MIN_RATE_BPS, MAX_RATE_BPS);
+        if self.arrival_driven && !on {
+            self.rate_bps = self.rate_bps.clamp(ENCODE_FLOOR_BPS, MAX_RATE_BPS);
         }
         self.arrival_driven = on;
     }
@@ -186,7 +190,6 @@ impl RateController {
             return RateChange::Ignored;
         }
         let sent_bps = (self.sent_bytes as f64 * 8.0 * NANOS_PER_SEC / interval_ns as f64) as u64;
-        self.last_sent_bps = sent_bps;
         let sent_bytes = self.sent_bytes;
         self.sent_bytes = 0;
         self.window_start_ns = now_ns;
@@ -210,29 +213,22 @@ impl RateController {
         };
         let noise = self.loss_noise_ppm(floor, sent_bytes);
         let (high, low) = (high.max(noise), low.max(noise));
+        // The receiver reports its *useful* rate; every packet that was not lost crossed the
+        // path: what got through is the larger of that and what we sent less the loss.
+        let delivered =
+            (sent as f64 * (1.0 - f64::from(stats.loss_ppm.min(1_000_000)) / 1e6)) as u64;
+        let through = if sent == 0 && receive == 0 {
+            self.rate_bps
+        } else {
+            receive.max(delivered).min(self.rate_bps)
+        };
         let change = if stats.loss_ppm > floor.saturating_add(high) {
-            let through = if self.arrival_driven {
-                // The receiver reports its *useful* rate; a relay's packets all crossed the
-                // path: what got through is what we sent less the loss.
-                let delivered =
-                    sent as f64 * (1.0 - f64::from(stats.loss_ppm.min(1_000_000)) / 1e6);
-                receive.max(delivered as u64).min(self.rate_bps)
-            } else if receive > 0 {
-                receive.min(self.rate_bps)
-            } else {
-                self.rate_bps
-            };
             // An arrival-driven stream keeps no ceiling: the congestion was a moment's (the
             // arrivals bound its rate anyway), so it grows back x1.5 per clean report.
             self.ceiling_bps = (!self.arrival_driven).then_some(through);
             self.probe_step = 0;
             self.rate_bps = through / 8 * 7;
             RateChange::Cut
-        } else if !self.arrival_driven && receive > 0 && sent > 0 && receive < sent / 4 * 3 {
-            self.ceiling_bps = Some(receive);
-            self.probe_step = 0;
-            self.rate_bps = receive.saturating_add(receive / 8);
-            RateChange::Settled
         } else if stats.loss_ppm < floor.saturating_add(low) {
             let used = if self.arrival_driven {
                 self.rate_bps / 4 * 3
@@ -249,9 +245,9 @@ impl RateController {
             } else {
                 RateChange::Held
             }
-        } else if receive > 0 && receive < self.rate_bps {
+        } else if through < self.rate_bps {
             // Some loss, not enough to cut: shed the excess so it does not become the floor.
-            self.rate_bps = receive;
+            self.rate_bps = through;
             RateChange::Held
         } else {
             RateChange::Held
@@ -442,22 +438,31 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_that_falls_behind_is_settled_on() {
+    fn a_useful_rate_below_what_is_sent_is_no_reason_to_slow_down() {
+        // 100 Mbit/s sent, nothing lost, 40 Mbit/s of it useful (the receiver nears full rank):
+        // the rate holds.
         let mut c = RateController::new(100_000_000, 0);
         c.on_sent(3_125_000);
         c.on_report(&report(0, 0), 250 * MS);
         c.on_sent(3_125_000); // 100 Mbit/s really sent
-        assert_eq!(
+        assert_ne!(
             c.on_report(&report(40_000_000, 0), 500 * MS),
-            RateChange::Settled
+            RateChange::Cut
         );
-        assert_eq!(c.rate_bps(), 45_000_000);
+        assert_eq!(c.rate_bps(), 100_000_000);
+        // Loss cuts below what got through: what was sent less the loss, not the useful rate.
+        c.on_sent(3_125_000);
+        assert_eq!(
+            c.on_report(&report(10_000_000, 100_000), 750 * MS),
+            RateChange::Cut
+        );
+        assert_eq!(c.rate_bps(), 90_000_000 / 8 * 7);
     }
 
     #[test]
     fn an_arrival_driven_stream_stays_near_its_arrivals() {
         // 40 Mbit/s of arrivals, reports every 100 ms, the receiver finding a third of them
-        // useless: no settling, and the rate never runs beyond 4/3 of what is sent.
+        // useless: no cut, and the rate never runs beyond 4/3 of what is sent.
         let mut c = RateController::new(100_000_000, 0);
         c.set_arrival_driven(true);
         assert!(c.arrival_driven());
@@ -467,7 +472,7 @@ mod tests {
             let sent = (40_000_000u64 / 80).min(c.rate_bps() / 80) as usize; // bytes in 100 ms
             c.on_sent(sent);
             let change = c.on_report(&report(25_000_000, 0), now);
-            assert_ne!(change, RateChange::Settled);
+            assert_ne!(change, RateChange::Cut);
         }
         assert!(
             c.rate_bps() <= 40_000_000 / 3 * 4 + 1_000_000,
@@ -500,12 +505,17 @@ mod tests {
         assert_eq!(slow.on_report(&report(0, 300_000), now), RateChange::Cut);
         // What got through (sent less the loss), not the useful rate (0 here), sets the cut.
         assert_eq!(slow.rate_bps(), 28_000_000 / 8 * 7);
-        // Turned into an encoding stream: from what it last sent, not from its allowance.
+        // Turned into an encoding stream: it keeps its rate, at least the encoding floor (the
+        // arrivals dwindling at the end of our segment are no measure of the asker's downlink).
         now += 100 * MS;
-        slow.on_sent(250_000); // 20 Mbit/s
+        slow.on_sent(25_000); // 2 Mbit/s: the last arrivals
         slow.on_report(&report(0, 0), now);
         slow.set_arrival_driven(false);
-        assert_eq!(slow.rate_bps(), 22_500_000);
+        assert_eq!(slow.rate_bps(), ENCODE_FLOOR_BPS);
+        let mut fast = RateController::new(150_000_000, 0);
+        fast.set_arrival_driven(true);
+        fast.set_arrival_driven(false);
+        assert_eq!(fast.rate_bps(), 150_000_000);
     }
 
     #[test]
@@ -553,23 +563,18 @@ mod tests {
     }
 
     #[test]
-    fn recovers_from_a_receiver_that_found_us_useless() {
-        // The receiver reports the *useful* rate: 1 bit/s while our packets added nothing. Once
-        // they help again the rate is back up within about five seconds of 250 ms reports.
+    fn a_receiver_that_finds_us_useless_does_not_collapse_the_rate() {
+        // The receiver reports the *useful* rate: 1 bit/s while our packets added nothing (the
+        // end of its segment). Without loss the rate holds (it collapsed to 1 Mbit/s before).
         let mut c = RateController::new(100_000_000, 0);
         let mut now = 250 * MS;
         assert_eq!(c.on_report(&report(0, 0), now), RateChange::Ignored);
-        now += 250 * MS;
-        c.on_sent(3_125_000);
-        assert_eq!(c.on_report(&report(1, 0), now), RateChange::Settled);
-        assert_eq!(c.rate_bps(), MIN_RATE_BPS);
-        for _ in 0..20 {
-            let rate = c.rate_bps();
-            c.on_sent((rate / 8 / 4) as usize);
+        for _ in 0..5 {
             now += 250 * MS;
-            c.on_report(&report(rate, 0), now);
+            c.on_sent(3_125_000);
+            assert_ne!(c.on_report(&report(1, 0), now), RateChange::Cut);
+            assert_eq!(c.rate_bps(), 100_000_000);
         }
-        assert!(c.rate_bps() >= 100_000_000, "rate {}", c.rate_bps());
     }
 
     #[test]
