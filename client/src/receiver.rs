@@ -40,7 +40,7 @@ use ccfd_proto::{
     CodeParamsWire, DataError, DataHeader, DataPacket, FileMeta, Origin, SessionId, SessionMeta,
 };
 use ccfd_ring::{Ring, SocketId};
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use snc::decoder::{Decoder, Progress};
 use snc::Layout;
 use tokio::sync::mpsc::UnboundedSender;
@@ -259,11 +259,17 @@ fn decode_loop(
     loop {
         let command = match pending.take() {
             Some(command) => command,
-            None => idle(ring, socket, ctx, &finished)?,
+            None => idle(ctx),
         };
         let (session, server_only) = match command {
-            DecoderCommand::Finish => return Ok(true),
-            DecoderCommand::Abort => return Ok(false),
+            DecoderCommand::Finish => {
+                count_queued(ring, socket, ctx, &finished)?;
+                return Ok(true);
+            }
+            DecoderCommand::Abort => {
+                count_queued(ring, socket, ctx, &finished)?;
+                return Ok(false);
+            }
             DecoderCommand::Stop { .. } => continue,
             DecoderCommand::Start(meta) => (meta, None),
             DecoderCommand::StartServerOnly { meta, server } => (meta, Some(server)),
@@ -339,46 +345,46 @@ fn unpin_current_thread() {
 
 /// Waits for a command while no session is received. Datagrams are left queued meanwhile (in the ring
 /// and the socket): the next session's first packets often arrive before its `Start` (the server
-/// starts sending as it answers the request), and must not be dropped as a wrong session. Only after
-/// [`WAIT`] without a command is what arrived counted and dropped.
-fn idle(
+/// starts sending as it answers the request, peers as they are asked), and must not be dropped as a
+/// wrong session; what a finished session left is counted as stale when the next one is received
+/// (or by [`count_queued`] at the end).
+fn idle(ctx: &Receiving<'_>) -> DecoderCommand {
+    ctx.commands.recv().unwrap_or(DecoderCommand::Abort)
+}
+
+/// Counts (and drops) the datagrams queued when no session is received any more.
+fn count_queued(
     ring: &mut Ring,
     socket: SocketId,
     ctx: &Receiving<'_>,
     finished: &VecDeque<SessionId>,
-) -> Result<DecoderCommand, ClientError> {
-    loop {
-        match ctx.commands.recv_timeout(WAIT) {
-            Ok(command) => return Ok(command),
-            Err(RecvTimeoutError::Disconnected) => return Ok(DecoderCommand::Abort),
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        ring.wait(Some(Duration::ZERO)).map_err(ring_error)?;
-        let counters = ctx.counters;
-        let mut more = true;
-        while more {
-            more = ring
-                .process(BATCH, |datagram| {
-                    if datagram.socket != socket {
-                        return;
+) -> Result<(), ClientError> {
+    ring.wait(Some(Duration::ZERO)).map_err(ring_error)?;
+    let counters = ctx.counters;
+    let mut more = true;
+    while more {
+        more = ring
+            .process(BATCH, |datagram| {
+                if datagram.socket != socket {
+                    return;
+                }
+                Counters::add(&counters.packets_received, 1);
+                Counters::add(
+                    &counters.datagram_bytes_received,
+                    datagram.payload.len() as u64,
+                );
+                match DataHeader::peek(datagram.payload) {
+                    Ok(header) if finished.contains(&header.session) => {
+                        Counters::add(&counters.dropped_stale, 1)
                     }
-                    Counters::add(&counters.packets_received, 1);
-                    Counters::add(
-                        &counters.datagram_bytes_received,
-                        datagram.payload.len() as u64,
-                    );
-                    match DataHeader::peek(datagram.payload) {
-                        Ok(header) if finished.contains(&header.session) => {
-                            Counters::add(&counters.dropped_stale, 1)
-                        }
-                        Ok(_) => Counters::add(&counters.dropped_wrong_session, 1),
-                        Err(_) => Counters::add(&counters.dropped_malformed, 1),
-                    }
-                })
-                .map_err(ring_error)?
-                .more;
-        }
+                    Ok(_) => Counters::add(&counters.dropped_wrong_session, 1),
+                    Err(_) => Counters::add(&counters.dropped_malformed, 1),
+                }
+            })
+            .map_err(ring_error)?
+            .more;
     }
+    Ok(())
 }
 
 /// Receives and decodes one session's segment into `buffer`.

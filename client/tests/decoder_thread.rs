@@ -276,3 +276,52 @@ fn stop_abandons_the_segment_and_abort_ends_the_loop() {
     let stale = harness.counters.dropped_stale.load(Ordering::Relaxed);
     assert!(stale > 0 && stale <= sent, "stale {stale} of {sent} sent");
 }
+
+#[test]
+fn packets_arriving_before_start_are_kept_for_their_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.bin");
+    let mut data = vec![0u8; SEGMENT];
+    blake3::Hasher::new()
+        .update(b"early packets")
+        .finalize_xof()
+        .fill(&mut data);
+    let mut harness = start(
+        file_meta(&data, vec![*blake3::hash(&data).as_bytes()]),
+        &output,
+    );
+    let meta = session(11, 0, SEGMENT as u64);
+    // The server starts sending as it answers the request: its first packets can reach the socket
+    // before the control thread has told the decoder thread about the session.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = send_segment(meta.clone(), data.clone(), harness.addr, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(150));
+    harness.send(DecoderCommand::Start(meta.clone()));
+    match harness.next_event(Duration::from_secs(20)) {
+        DecoderEvent::Decoded { segment } => assert_eq!(segment, 0),
+        other => panic!("expected Decoded, got {other:?}"),
+    }
+    match harness.next_event(Duration::from_secs(20)) {
+        DecoderEvent::Verified { segment, ok } => assert_eq!((segment, ok), (0, true)),
+        other => panic!("expected Verified, got {other:?}"),
+    }
+    harness.send(DecoderCommand::Stop {
+        session: meta.session,
+        segment: 0,
+    });
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    harness.send(DecoderCommand::Finish);
+    let (result, record) = harness.thread.join().unwrap();
+    assert!(result.unwrap());
+    assert!(record.is_complete(0));
+    let counters = &harness.counters;
+    assert_eq!(
+        counters.dropped_wrong_session.load(Ordering::Relaxed),
+        0,
+        "early packets were dropped as a wrong session"
+    );
+    assert!(counters.packets_accepted.load(Ordering::Relaxed) > 0);
+    let part = std::fs::read(ccfd_client::output::part_path(&output)).unwrap();
+    assert_eq!(part, data);
+}
