@@ -8,7 +8,15 @@
 //! Until the cooperation shard exists nobody pops from the queue: it fills to capacity and every later
 //! packet is counted as dropped-when-full. The shard will pop [`VerifiedPacket`]s into its recoding buffer
 //! for `segment`, and use `session` to tell which packets belong to the segment peers asked for.
+//!
+//! Besides the server's packets, the decoder hands over the *fresh coded* packets peers sent us
+//! ([`is_fresh_coded`]: a peer encodes them from its complete copy, a distinct stream per asker),
+//! with the peer's address: the shard relays them to its other askers, so the peers that lag behind
+//! a client that got a segment first pass its packets on to each other instead of all waiting on
+//! its uplink. Peers' systematic and recoded packets are relays of what the server sent them and
+//! every asker gets those from their relayer directly: they are not handed over (an echo).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -27,6 +35,17 @@ pub struct VerifiedPacket {
     pub session: u32,
     /// The codec payload (coefficients or seed, then symbols) exactly as fed to the decoder.
     pub payload: Vec<u8>,
+    /// The peer that sent it (`None`: the server); the shard relays it to every asker but that one.
+    pub from_peer: Option<IpAddr>,
+}
+
+/// Whether a codec payload is a fresh coded packet (coefficients from a seed: neither a source
+/// symbol nor a recoded packet), the form peers encode from a complete copy; malformed payloads
+/// are not.
+pub fn is_fresh_coded(payload: &[u8]) -> bool {
+    const FLAGS: usize = 1;
+    payload.len() > snc::packet::HEADER_LEN
+        && payload[FLAGS] & (snc::packet::FLAG_SYSTEMATIC | snc::packet::FLAG_RECODED) == 0
 }
 
 /// The decoder's end of the cooperation queue.
@@ -78,6 +97,37 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     #[test]
+    fn only_fresh_coded_packets_are_relayable_from_peers() {
+        let data = vec![1u8; 64 * 200];
+        let layout = snc::CodeParams::new(data.len() as u64)
+            .symbol_size(64)
+            .systematic(true)
+            .validate()
+            .unwrap();
+        let encoder = snc::encoder::Encoder::new(&layout, &data).unwrap();
+        let mut buf = vec![0u8; snc::packet::max_len(&layout)];
+        let stream = snc::encoder::Stream::new(5);
+        let k = u64::from(layout.source_count());
+        let systematic = encoder.plan(&stream, 0).unwrap();
+        let n = encoder.write(&systematic, &mut buf).unwrap();
+        assert!(!is_fresh_coded(&buf[..n]));
+        let coded = encoder.plan(&stream, k).unwrap();
+        let n = encoder.write(&coded, &mut buf).unwrap();
+        assert!(is_fresh_coded(&buf[..n]));
+        // Recoded: the same packet through a recoder.
+        let mut recoder = snc::recoder::Recoder::new(&layout, 1 << 20);
+        recoder.set_forward_systematic(false);
+        recoder
+            .push(&snc::packet::parse(&layout, &buf[..n]).unwrap())
+            .unwrap();
+        let mut out = vec![0u8; snc::packet::max_len(&layout)];
+        let mut rng = snc::prng::Prng::new(1);
+        let m = recoder.recode_arrival(0, &mut rng, &mut out).unwrap();
+        assert!(!is_fresh_coded(&out[..m]));
+        assert!(!is_fresh_coded(b"short"));
+    }
+
+    #[test]
     fn full_queue_drops_and_counts_without_blocking() {
         let counters = Counters::default();
         let queue = CoopQueue::new(2);
@@ -87,6 +137,7 @@ mod tests {
                     segment: 0,
                     session: 1,
                     payload: vec![i],
+                    from_peer: None,
                 },
                 &counters,
             );

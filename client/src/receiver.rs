@@ -541,14 +541,16 @@ fn receive(
                             );
                         }
                     }
-                    // Only what the server sent us goes to the recoding buffer:
-                    // every cooperating client is one hop from the server, so relaying peers'
-                    // packets again would mostly echo information back to where it came from.
+                    // What the server sent us goes to the recoding buffer, and so do the fresh
+                    // coded packets peers encoded for us from their complete copy (distinct per
+                    // asker: the shard relays them to its other askers); peers' relays of their
+                    // server packets would only echo what every asker got from them directly.
                     let Some(coop) = coop else {
                         // `--no-coop`: nobody recodes.
                         return;
                     };
-                    if header.origin != Origin::Server {
+                    let from_peer = (header.origin == Origin::Peer).then(|| datagram.source.ip());
+                    if from_peer.is_some() && !crate::coop::is_fresh_coded(payload) {
                         // Not for the recoding buffer.
                     } else if coop.is_full() {
                         Counters::add(&counters.coop_dropped_full, 1);
@@ -558,6 +560,7 @@ fn receive(
                                 segment: session.segment,
                                 session: session.session.0,
                                 payload: payload.to_vec(),
+                                from_peer,
                             },
                             counters,
                         );

@@ -293,6 +293,7 @@ fn feed_share(
                 segment,
                 session: 3,
                 payload: buf[..len].to_vec(),
+                from_peer: None,
             },
             &counters,
         );
@@ -832,6 +833,7 @@ fn send_rates() {
                             segment: 0,
                             session: 1,
                             payload,
+                            from_peer: None,
                         },
                         &counters,
                     );

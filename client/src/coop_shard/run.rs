@@ -451,7 +451,9 @@ impl Shard {
                 break;
             };
             match &mut self.receiving {
-                Some(buffer) if buffer.segment == packet.segment => buffer.push(&packet.payload),
+                Some(buffer) if buffer.segment == packet.segment => {
+                    buffer.push(&packet.payload, packet.from_peer)
+                }
                 _ => self.discarded += 1,
             }
         }
@@ -623,8 +625,9 @@ impl Shard {
                         stream.cursor = 0;
                         stream.waited_backlog = 0;
                     }
-                    // Arrivals evicted from the bounded buffer are skipped.
-                    let Some(next) = b.recoder.next_arrival(stream.cursor) else {
+                    // Arrivals evicted from the bounded buffer are skipped, and so are those
+                    // that came from this stream's peer.
+                    let Some(next) = b.next_arrival_for(stream.cursor, stream.to.ip()) else {
                         return Ok(Batch::Starved);
                     };
                     stream.cursor = next;
@@ -692,7 +695,7 @@ impl Shard {
         while sent < n && !out.is_full() {
             // The next held arrival, if it has this batch's form.
             let arrival = match buffer.as_deref() {
-                Some(b) => match b.recoder.next_arrival(stream.cursor) {
+                Some(b) => match b.next_arrival_for(stream.cursor, stream.to.ip()) {
                     Some(next) if b.recoder.arrival_kind(next) == Some(kind) => Some(next),
                     _ => break,
                 },

@@ -2,7 +2,9 @@
 //! output file with an encoder per complete segment, and the bounded recoding buffer of the
 //! segment being received.
 
+use std::collections::VecDeque;
 use std::fs::File;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -159,6 +161,10 @@ pub struct RecodeBuffer {
     /// Which (re)start of the recoding buffer this is (streams restart from its first arrival
     /// when it changes).
     pub generation: u64,
+    /// Arrivals that came from a peer (stamp, peer), oldest first: not relayed back to it.
+    from_peers: VecDeque<(u64, IpAddr)>,
+    /// Arrivals that came from peers, since the buffer started.
+    pub stored_from_peers: u64,
 }
 
 impl RecodeBuffer {
@@ -180,19 +186,48 @@ impl RecodeBuffer {
             stored: 0,
             rejected: 0,
             generation,
+            from_peers: VecDeque::new(),
+            stored_from_peers: 0,
         }
     }
 
-    /// Buffers one verified codec payload of the segment.
-    pub fn push(&mut self, payload: &[u8]) {
+    /// Buffers one verified codec payload of the segment, sent by `from_peer` (`None`: the
+    /// server).
+    pub fn push(&mut self, payload: &[u8], from_peer: Option<IpAddr>) {
         let Ok(view) = snc::packet::parse(&self.layout, payload) else {
             self.rejected += 1;
             return;
         };
+        let stamp = self.recoder.arrivals();
         match self.recoder.push(&view) {
-            Ok(RecoderPush::Stored) => self.stored += 1,
+            Ok(RecoderPush::Stored) => {
+                self.stored += 1;
+                if let Some(peer) = from_peer {
+                    self.stored_from_peers += 1;
+                    self.from_peers.push_back((stamp, peer));
+                    // Entries of arrivals evicted long ago are of no use: keep about a buffer's worth.
+                    while self.from_peers.len() > self.recoder.capacity() + 16 {
+                        self.from_peers.pop_front();
+                    }
+                }
+            }
             Ok(RecoderPush::Duplicate) => {}
             Err(_) => self.rejected += 1,
+        }
+    }
+
+    /// The first held arrival at or after `from` that did not come from `peer` (what a stream to
+    /// `peer` relays next).
+    pub fn next_arrival_for(&self, from: u64, peer: IpAddr) -> Option<u64> {
+        let mut next = self.recoder.next_arrival(from)?;
+        loop {
+            let i = self.from_peers.partition_point(|&(stamp, _)| stamp < next);
+            match self.from_peers.get(i) {
+                Some(&(stamp, source)) if stamp == next && source == peer => {
+                    next = self.recoder.next_arrival(next + 1)?;
+                }
+                _ => return Some(next),
+            }
         }
     }
 }
@@ -262,17 +297,49 @@ mod tests {
             let mut buffer = RecodeBuffer::new(0, layout.clone(), 1);
             for _ in 0..20 {
                 let n = encoder.write_next(&mut code, &mut buf).unwrap();
-                buffer.push(&buf[..n]);
-                buffer.push(&buf[..n]);
+                buffer.push(&buf[..n], None);
+                buffer.push(&buf[..n], None);
             }
             // A coded packet again is stored again (it is one more arrival to relay); a
             // systematic one is not.
             let expected = if layout.systematic() { 20 } else { 40 };
             assert_eq!(buffer.stored, expected);
             assert_eq!(buffer.recoder.arrivals(), expected);
-            buffer.push(b"garbage");
+            buffer.push(b"garbage", None);
             assert_eq!(buffer.rejected, 1);
         }
+    }
+
+    #[test]
+    fn a_peer_gets_no_arrival_back_that_came_from_it() {
+        let m = meta(64 * 1024, 64 * 1024, None);
+        let layout = segment_layout(&m, 0).unwrap();
+        let data = vec![7u8; 64 * 1024];
+        let encoder = Encoder::new(&layout, &data).unwrap();
+        let mut code = snc::encoder::Stream::new(3);
+        let mut buf = vec![0u8; snc::packet::max_len(&layout)];
+        let mut buffer = RecodeBuffer::new(0, layout.clone(), 1);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        // Arrivals 0..6: server, a, a, server, b, a.
+        for from in [None, Some(a), Some(a), None, Some(b), Some(a)] {
+            let n = encoder.write_next(&mut code, &mut buf).unwrap();
+            buffer.push(&buf[..n], from);
+        }
+        assert_eq!(buffer.stored, 6);
+        assert_eq!(buffer.stored_from_peers, 4);
+        let order = |peer: IpAddr| {
+            let mut seen = Vec::new();
+            let mut cursor = 0;
+            while let Some(next) = buffer.next_arrival_for(cursor, peer) {
+                seen.push(next);
+                cursor = next + 1;
+            }
+            seen
+        };
+        assert_eq!(order(a), vec![0, 3, 4]);
+        assert_eq!(order(b), vec![0, 1, 2, 3, 5]);
+        assert_eq!(order("127.0.0.4".parse().unwrap()), vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
