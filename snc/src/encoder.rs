@@ -400,7 +400,6 @@ impl<'a> Encoder<'a> {
     fn combine(&self, subgen: u32, seed: u64, dst: &mut [u8]) {
         let w = self.layout.window() as usize;
         let cols = self.layout.subgen_columns(subgen);
-        dst.fill(0);
         match self.layout.field() {
             Field::Gf2 => {
                 let mut words = [0u64; MAX_SUBGEN_SIZE as usize / 64];
@@ -419,7 +418,12 @@ impl<'a> Encoder<'a> {
                             srcs[m] = &region[j * s..][..s];
                             m += 1;
                         }
-                        self.kernel.xor_multi(dst, &srcs[..m]);
+                        // The first 64 positions set `dst` (no zero fill), the rest add.
+                        if wi == 0 {
+                            self.kernel.xor_sum(dst, &srcs[..m]);
+                        } else {
+                            self.kernel.xor_multi(dst, &srcs[..m]);
+                        }
                     }
                     return;
                 }
@@ -432,10 +436,15 @@ impl<'a> Encoder<'a> {
                         srcs[m] = self.column(cols.column(j));
                         m += 1;
                     }
-                    self.kernel.xor_multi(dst, &srcs[..m]);
+                    if wi == 0 {
+                        self.kernel.xor_sum(dst, &srcs[..m]);
+                    } else {
+                        self.kernel.xor_multi(dst, &srcs[..m]);
+                    }
                 }
             }
             Field::Gf256 => {
+                dst.fill(0);
                 let mut coefs = [0u8; MAX_SUBGEN_SIZE as usize];
                 gf256_coefficients(self.layout.sparse(), seed, w, &mut coefs);
                 let mut srcs: [(&[u8], u8); 64] = [(&[], 0); 64];

@@ -654,6 +654,8 @@ struct Sum<'r, 'o> {
     xs: [&'r [u8]; SUM_CHUNK],
     ms: [(&'r [u8], u8); SUM_CHUNK],
     n: usize,
+    /// GF(2): nothing is in `sym` yet (the first fused call sets it instead of adding).
+    unset: bool,
 }
 
 impl<'r, 'o> Sum<'r, 'o> {
@@ -665,8 +667,9 @@ impl<'r, 'o> Sum<'r, 'o> {
         let (head, rest) = out.split_at_mut(packet::HEADER_LEN);
         let (wire, sym) = rest.split_at_mut(vlen);
         let sym = &mut sym[..recoder.s];
-        sym.fill(0);
-        if layout.field() == Field::Gf256 {
+        let unset = layout.field() == Field::Gf2;
+        if !unset {
+            sym.fill(0);
             wire.fill(0);
         }
         Sum {
@@ -679,6 +682,7 @@ impl<'r, 'o> Sum<'r, 'o> {
             xs: [&[]; SUM_CHUNK],
             ms: [(&[], 0); SUM_CHUNK],
             n: 0,
+            unset,
         }
     }
 
@@ -724,6 +728,10 @@ impl<'r, 'o> Sum<'r, 'o> {
     fn flush(&mut self) {
         let k = self.recoder.kernel;
         match self.recoder.layout.field() {
+            Field::Gf2 if self.unset => {
+                k.xor_sum(self.sym, &self.xs[..self.n]);
+                self.unset = false;
+            }
             Field::Gf2 => k.xor_multi(self.sym, &self.xs[..self.n]),
             Field::Gf256 => k.mul_add_multi(self.sym, &self.ms[..self.n]),
         }
@@ -732,7 +740,7 @@ impl<'r, 'o> Sum<'r, 'o> {
 
     /// Writes the vector (GF(2)) and header; returns the packet length.
     fn finish(mut self) -> usize {
-        if self.n > 0 {
+        if self.n > 0 || self.unset {
             self.flush();
         }
         let layout = &self.recoder.layout;

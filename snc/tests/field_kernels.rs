@@ -135,6 +135,15 @@ fn check_multi(k: Kernel, rng: &mut Rng, len: usize, nsrc: usize) {
     assert_eq!(got, want, "{} xor_multi len {len} sources {nsrc}", k.name());
 
     let mut got = dst_buf.clone();
+    k.xor_sum(&mut got[doff..doff + len], &srcs);
+    let mut want = dst_buf.clone();
+    want[doff..doff + len].fill(0);
+    for s in &srcs {
+        model_mul_add(&mut want[doff..doff + len], s, 1);
+    }
+    assert_eq!(got, want, "{} xor_sum len {len} sources {nsrc}", k.name());
+
+    let mut got = dst_buf.clone();
     k.mul_add_multi(&mut got[doff..doff + len], &pairs);
     let mut want = dst_buf.clone();
     for &(s, c) in &pairs {

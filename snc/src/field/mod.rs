@@ -88,6 +88,16 @@ impl Scalar {
         scalar::xor_multi(dst, srcs)
     }
 
+    /// `dst = srcs[0] ^ srcs[1] ^ ...` (zero for no source); `dst` is only written. Panics on
+    /// a source of another length.
+    #[track_caller]
+    pub fn xor_sum(self, dst: &mut [u8], srcs: &[&[u8]]) {
+        for s in srcs {
+            check_len("xor_sum", dst.len(), s.len());
+        }
+        scalar::xor_sum(dst, srcs)
+    }
+
     /// `dst ^= c * src`. Panics if the lengths differ.
     #[track_caller]
     pub fn mul_add(self, dst: &mut [u8], src: &[u8], c: u8) {
@@ -248,6 +258,14 @@ impl Kernel {
     #[track_caller]
     pub fn xor_multi(&self, dst: &mut [u8], srcs: &[&[u8]]) {
         dispatch!(self, k => k.xor_multi(dst, srcs))
+    }
+
+    /// `dst = srcs[0] ^ srcs[1] ^ ...` in one pass that only writes `dst` (zero for no
+    /// source): [`Kernel::xor_multi`] into a zeroed buffer without the zero fill and the loads
+    /// of the zeros. Panics if any source length differs from `dst.len()`.
+    #[track_caller]
+    pub fn xor_sum(&self, dst: &mut [u8], srcs: &[&[u8]]) {
+        dispatch!(self, k => k.xor_sum(dst, srcs))
     }
 
     /// `dst ^= c * src` (`c == 0` does nothing, `c == 1` is [`Kernel::xor`]). Panics if the

@@ -26,6 +26,17 @@ pub(super) fn xor(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// `dst = srcs[0] ^ srcs[1] ^ ...` (zero for no source): `dst` is never read.
+pub(super) fn xor_sum(dst: &mut [u8], srcs: &[&[u8]]) {
+    match srcs.split_first() {
+        None => dst.fill(0),
+        Some((first, rest)) => {
+            dst.copy_from_slice(&first[..dst.len()]);
+            xor_multi(dst, rest);
+        }
+    }
+}
+
 /// `dst ^= srcs[0] ^ srcs[1] ^ ...`, one pass over `dst` in 64-byte blocks.
 pub(super) fn xor_multi(dst: &mut [u8], srcs: &[&[u8]]) {
     let full = dst.len() / BLOCK * BLOCK;

@@ -116,6 +116,76 @@ macro_rules! region_kernels {
             }
         }
 
+        /// Writes the XOR of every source into `N` vectors of `dst` starting at byte `i`, without
+        /// reading `dst`.
+        ///
+        /// # Safety
+        /// The CPU supports the target features of this module's kernel, `srcs` is not empty,
+        /// `i + N * W <= dst_len` for the `dst_len` bytes behind `d`, and every source has at
+        /// least `dst_len` bytes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        unsafe fn xor_sum_block<const N: usize>(d: *mut u8, srcs: &[&[u8]], i: usize) {
+            let first = srcs[0].as_ptr();
+            // SAFETY: i + N * W <= dst_len <= srcs[0].len() (caller contract); unaligned loads.
+            let mut acc = [unsafe { load(first.add(i)) }; N];
+            for (k, a) in acc.iter_mut().enumerate().skip(1) {
+                // SAFETY: as above, k < N.
+                *a = unsafe { load(first.add(i + k * W)) };
+            }
+            for src in &srcs[1..] {
+                let s = src.as_ptr();
+                for (k, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + k * W + W <= i + N * W <= dst_len <= src.len().
+                    *a = vxor(*a, unsafe { load(s.add(i + k * W)) });
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                // SAFETY: i + k * W + W <= dst_len; unaligned stores.
+                unsafe { store(d.add(i + k * W), *a) };
+            }
+        }
+
+        /// `dst = srcs[0] ^ srcs[1] ^ ...` (zero for no source) like `xor_multi_region`, but
+        /// `dst` is only written: no zero fill and no load of it first.
+        ///
+        /// # Safety
+        /// The CPU supports the target features of this module's kernel, and every source has at
+        /// least `dst.len()` bytes.
+        #[target_feature(enable = $feat)]
+        unsafe fn xor_sum_region(dst: &mut [u8], srcs: &[&[u8]]) {
+            if srcs.is_empty() {
+                return dst.fill(0);
+            }
+            let n = dst.len();
+            debug_assert!(srcs.iter().all(|s| s.len() >= n));
+            let d = dst.as_mut_ptr();
+            let mut i = 0;
+            while i + 8 * W <= n {
+                // SAFETY: srcs is not empty, i + 8W <= n = dst.len(); sources checked by our
+                // caller.
+                unsafe { xor_sum_block::<8>(d, srcs, i) };
+                i += 8 * W;
+            }
+            if i + 4 * W <= n {
+                // SAFETY: as above with 4W.
+                unsafe { xor_sum_block::<4>(d, srcs, i) };
+                i += 4 * W;
+            }
+            while i + W <= n {
+                // SAFETY: as above with W.
+                unsafe { xor_sum_block::<1>(d, srcs, i) };
+                i += W;
+            }
+            if i < n {
+                let tail = &mut dst[i..];
+                tail.copy_from_slice(&srcs[0][i..n]);
+                for src in &srcs[1..] {
+                    $crate::field::scalar::xor(tail, &src[i..n]);
+                }
+            }
+        }
+
         /// `dst ^= c * src` over the first `dst.len()` bytes.
         ///
         /// # Safety
@@ -285,6 +355,17 @@ macro_rules! region_kernels {
                 }
                 // SAFETY: `self` proves the CPU features; every source length checked.
                 unsafe { xor_multi_region(dst, srcs) }
+            }
+
+            /// `dst = srcs[0] ^ srcs[1] ^ ...` (zero for no source), fused; `dst` is only
+            /// written. Panics on a source of another length.
+            #[track_caller]
+            pub fn xor_sum(self, dst: &mut [u8], srcs: &[&[u8]]) {
+                for s in srcs {
+                    $crate::field::check_len("xor_sum", dst.len(), s.len());
+                }
+                // SAFETY: `self` proves the CPU features; every source length checked.
+                unsafe { xor_sum_region(dst, srcs) }
             }
 
             /// `dst ^= c * src`. Panics if the lengths differ.
