@@ -22,7 +22,7 @@
 //!     the band's end columns, covered by fewer windows, with the interior (the reference's
 //!     `banded_nonuniform_sched` generalised to any stride, SNC-REFERENCE §3.9);
 //!   - the coefficient seed is [`crate::prng::derive`]`(key, n)`.
-//! * Locality: a GF(2) coded packet is one fused `xor_multi` over the selected symbols of its
+//! * Locality: a GF(2) coded packet is one fused `xor_sum` (no zero fill) over the selected symbols of its
 //!   window (~`window/8` with the default sparse coefficients, ~`window/2` uniform).
 //!   [`Encoder::write_batch`] writes the packets of each subgeneration together so the
 //!   window (80 KiB by default) stays in L2; give several receivers the same

@@ -47,7 +47,11 @@
 //!   Arrival recoding never changes the MLPI state: the two modes can share a buffer.
 //!
 //! Scheduling is `O(log G)` per packet (a max segment tree over the scores); a GF(2) recoded
-//! packet is one fused `xor_multi` over the selected held symbols.
+//! packet is one fused `xor_sum` over the selected held symbols (up to 64 per call), summed
+//! straight from the members with no per-packet member list. A burst prefetches its
+//! subgeneration's held symbols when it starts, and those of the subgeneration expected next.
+//! The MLPI recoder's speed is bound by those DRAM reads: one subgeneration's held symbols per
+//! burst of [`RECODE_BURST`] packets.
 
 use crate::coeffs::{gf2_to_wire, CoeffRow};
 use crate::field::Kernel;
