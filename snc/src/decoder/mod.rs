@@ -6,7 +6,7 @@
 //!   until [`Decoder::is_complete`]; then it holds the segment byte for byte.
 //! * [`Decoder::push`] takes one packet payload (the format of [`crate::packet`]), parses and
 //!   validates it against the [`Layout`], and feeds it to the engine for the code kind: the
-//!   band decoder ([`band`]) for [`CodeKind::Band`], the dense Gaussian decoder
+//!   band decoder (module `band`) for [`CodeKind::Band`], the dense Gaussian decoder
 //!   ([`dense`]) for [`CodeKind::Random`]. Systematic, coded (seed) and recoded (explicit
 //!   vector) packets are all accepted. A malformed or out-of-range packet is answered with a
 //!   [`DecodeError`] and changes nothing; no input makes it panic.
@@ -16,7 +16,7 @@
 //!   packets pushed until completion), [`Decoder::overhead`] (`received / K`).
 //!
 //! The band decoder defers all symbol arithmetic until the precode can resolve the remaining
-//! unknowns, then runs it as a few streaming passes (see [`band`]): pushes are cheap, and the
+//! unknowns, then runs it as a few streaming passes (see the private module `band`): pushes are cheap, and the
 //! packet that completes the segment carries the bulk of the work.
 //!
 //! Deferred finish ([`Decoder::set_deferred_finish`]): the push that completes the rank
