@@ -16,8 +16,8 @@
 //!   packets pushed until completion), [`Decoder::overhead`] (`received / K`).
 //!
 //! The band decoder defers all symbol arithmetic until the precode can resolve the remaining
-//! unknowns, then runs it as a few streaming passes (see the private module `band`): pushes are cheap, and the
-//! packet that completes the segment carries the bulk of the work.
+//! unknowns, then runs it as a few streaming passes (see the private module `band`): pushes
+//! are cheap, and the packet that completes the segment carries the bulk of the work.
 //!
 //! Deferred finish ([`Decoder::set_deferred_finish`]): the push that completes the rank
 //! returns [`Progress::Complete`] at once, without the symbol work; [`Decoder::is_solved`] is
