@@ -334,3 +334,25 @@ fn field_axioms() {
         }
     }
 }
+
+#[test]
+fn copy_streaming_equals_copy_at_every_alignment() {
+    let mut rng = Rng(0xC0B1);
+    for len in lengths() {
+        for (soff, doff) in [(0, 0), (1, 0), (0, 1), (7, 13), (15, 16), (31, 33)] {
+            let src = buffer(&mut rng, soff, len);
+            let dst_buf = buffer(&mut rng, doff, len);
+            let mut got = dst_buf.clone();
+            snc::field::copy_streaming(&mut got[doff..doff + len], &src[soff..soff + len]);
+            let mut want = dst_buf.clone();
+            want[doff..doff + len].copy_from_slice(&src[soff..soff + len]);
+            assert_eq!(got, want, "len {len} src offset {soff} dst offset {doff}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "field::copy_streaming: source length 7 differs")]
+fn copy_streaming_length_mismatch_panics() {
+    snc::field::copy_streaming(&mut [0u8; 8], &[0u8; 7]);
+}

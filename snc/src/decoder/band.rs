@@ -261,7 +261,8 @@ impl<'a> BandDecoder<'a> {
             self.inv_lead[p] = crate::field::gf256::inv(lead);
         }
         if self.symbols {
-            self.slots.get_mut(pivot).copy_from_slice(symbol);
+            // Read back only by the passes, long after: stream it past the cache.
+            crate::field::copy_streaming(self.slots.get_mut(pivot), symbol);
         }
         self.rank += 1;
         if self.rank >= self.next_try {

@@ -145,6 +145,39 @@ pub fn prefetch(region: &[u8]) {
     let _ = region;
 }
 
+/// `dst.copy_from_slice(src)` with streaming (non-temporal) stores on x86-64: the copy does
+/// not read `dst`'s lines into cache first nor keep them there, for data that is written now
+/// and read back only much later (a decoder's slots). Ends with a store fence, so the bytes are
+/// ordered like plain stores for whoever reads them next. Panics if the lengths differ.
+#[track_caller]
+pub fn copy_streaming(dst: &mut [u8], src: &[u8]) {
+    check_len("copy_streaming", dst.len(), src.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        let n = dst.len();
+        let head = dst.as_ptr().align_offset(16).min(n);
+        let body = (n - head) / 16 * 16;
+        dst[..head].copy_from_slice(&src[..head]);
+        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        let mut i = head;
+        while i < head + body {
+            // SAFETY: SSE2 is part of every x86-64 CPU; i + 16 <= head + body <= n for both
+            // slices; the load is unaligned and `d + i` is 16-byte aligned (head aligns it).
+            unsafe {
+                let v = _mm_loadu_si128(s.add(i).cast::<__m128i>());
+                _mm_stream_si128(d.add(i).cast::<__m128i>(), v);
+            }
+            i += 16;
+        }
+        dst[head + body..].copy_from_slice(&src[head + body..]);
+        // SAFETY: SFENCE is SSE, part of every x86-64 CPU.
+        unsafe { _mm_sfence() };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    dst.copy_from_slice(src);
+}
+
 /// Which instruction set a [`Kernel`] uses, holding the proof that the CPU supports it.
 #[derive(Clone, Copy, Debug)]
 enum Isa {
