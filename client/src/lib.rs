@@ -6,13 +6,15 @@
 //!   `StopSegment` as soon as a segment decodes and `Exit` at the end, and reconnects with backoff when
 //!   the server goes away;
 //! - the **decoder thread** (the calling thread, pinned to a core) receives data packets on its UDP
-//!   socket through `ccfd-ring`, checks header, session and MAC, decodes straight into the mmapped
-//!   output (`PATH.part`), verifies each segment's BLAKE3 digest, records it in the resume record and
-//!   hands a copy of every verified server packet to the cooperation queue ([`coop`]) of the
-//!   cooperation shard.
+//!   socket through `ccfd-ring`, checks header, session and MAC, decodes into one of two segment
+//!   buffers and hands a copy of every verified server packet to the cooperation queue ([`coop`]) of
+//!   the cooperation shard (none with `--no-coop`);
+//! - the **writer thread** ([`output_writer`]) takes each decoded segment's buffer, verifies its
+//!   BLAKE3 digest, writes it into the output (`PATH.part`) and records it in the resume record,
+//!   while the decoder thread already receives the next segment.
 //!
 //! [`get`] ties them together, [`control`] and [`connection`] are the control side, [`receiver`] the
-//! decoder thread, [`params`] the wire-to-codec conversions. [`output`] owns the partial file,
+//! decoder thread, [`output_writer`] the writer thread, [`params`] the wire-to-codec conversions. [`output`] owns the partial file,
 //! [`resume`] its resume record, [`stats`] the counters and the `--json` summary, [`progress`] the bar,
 //! [`exit`] the process exit codes and [`error`] the typed errors behind them.
 //!
