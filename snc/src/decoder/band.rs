@@ -21,6 +21,12 @@
 //! 4. fix-up, descending from the last hole: `d = U_nh^-1 (U_h x_h)` in a ring of `w`
 //!    symbols, `x_p = v_p + d_p` in place; dense GF(2) rows add one tabulated subset of
 //!    `e_j` (`x_j` for a hole, `d_j` for a pivot column) per group of four, like pass 2.
+//!
+//! When every hole is a check column and no source row reaches a check column (a systematic
+//! receiver that got every source symbol, or whose repair rows all end before the checks),
+//! the sources follow from the source rows alone: there is no hole solve, and passes 1-2 run
+//! only over the span of source rows that carry work (none for a loss-free systematic
+//! stream, whose symbols are already in place). The checks are not part of the output.
 
 mod holes;
 mod rows;
@@ -34,6 +40,7 @@ use crate::params::Field;
 use holes::{checks_of, Combos, Solve};
 use rows::{Pivots, Rows, Walk};
 use slots::{combine, Slots};
+use std::ops::Range;
 use tables::GroupTables;
 
 /// Slots ahead of the current one that the payload passes prefetch: each pass streams the
@@ -54,6 +61,16 @@ pub(crate) enum BandPush {
     /// This packet completed the rank; the output buffer holds the segment unless the
     /// decoder is in deferred mode (then [`BandDecoder::finish`] runs the payload passes).
     Complete,
+}
+
+/// How the payload passes complete a solvable segment.
+#[derive(Debug)]
+enum Plan {
+    /// The full passes: the holes (ascending) and how each follows from the check sums.
+    Holes { holes: Vec<u32>, combos: Combos },
+    /// Only check columns are unknown and no source row reaches them: passes 1-2 over the
+    /// source rows in this span (empty: nothing to do), no check sums, no holes.
+    Sources(Range<u32>),
 }
 
 /// Band decoder state for one segment.
@@ -86,8 +103,11 @@ pub(crate) struct BandDecoder<'a> {
     /// Deferred-finish mode: a successful solve parks its result in `pending` instead of
     /// running the payload passes.
     deferred: bool,
-    /// A successful hole solve whose payload passes have not run yet.
-    pending: Option<(Vec<u32>, Combos)>,
+    /// A successful solve whose payload passes have not run yet.
+    pending: Option<Plan>,
+    /// Symbol operations of the payload passes so far (one source symbol added or one
+    /// symbol scaled each).
+    symbol_ops: u64,
     complete: bool,
     peak_bytes: usize,
     /// Bit rows are dense (uniform coefficients): the passes add tabulated subsets.
@@ -143,6 +163,7 @@ impl<'a> BandDecoder<'a> {
             symbols,
             deferred: false,
             pending: None,
+            symbol_ops: 0,
             complete: false,
             peak_bytes: 0,
             // CODEC: measured (32 MiB GF(2) nonsys 10 % loss, thread CPU, alternating): sparse
@@ -177,12 +198,18 @@ impl<'a> BandDecoder<'a> {
 
     /// Runs the pending payload passes, if any. Returns whether the segment is complete.
     pub(crate) fn finish(&mut self) -> bool {
-        if let Some((holes, combos)) = self.pending.take() {
-            self.payload_passes(&holes, &combos);
+        if let Some(plan) = self.pending.take() {
+            self.run(&plan);
             self.complete = true;
             self.release();
         }
         self.complete
+    }
+
+    /// Symbol operations the payload passes performed so far (one source symbol added into
+    /// a slot, or one slot scaled, each); copies of received symbols are not counted.
+    pub(crate) fn symbol_ops(&self) -> u64 {
+        self.symbol_ops
     }
 
     /// Hole-solve attempts made so far.
@@ -283,6 +310,15 @@ impl<'a> BandDecoder<'a> {
             self.next_try = self.n - c;
             return;
         }
+        let k = self.layout.source_count();
+        if holes.first().is_none_or(|&h| h >= k) && self.sources_closed(k) {
+            // Every source column holds a pivot row within the sources: U_ss is triangular
+            // with a unit diagonal, so the sources (and through the checks, the check
+            // columns) are determined: the hole system is always solvable. Nothing to solve.
+            let span = self.source_work_span(k);
+            self.complete_with(Plan::Sources(span));
+            return;
+        }
         self.solve_tries += 1;
         let mut scratch = 0;
         let solve = holes::solve(
@@ -299,15 +335,60 @@ impl<'a> BandDecoder<'a> {
             Solve::Deficient(d) => self.next_try = self.rank + d,
             Solve::Solved { holes, combos } => {
                 self.note_memory(combos.bytes() + holes.capacity() * 4);
-                if self.symbols && self.deferred {
-                    self.pending = Some((holes, combos));
-                    return;
+                self.complete_with(Plan::Holes { holes, combos });
+            }
+        }
+    }
+
+    /// The rank is complete: parks `plan` (deferred mode) or runs it and completes.
+    fn complete_with(&mut self, plan: Plan) {
+        if self.symbols && self.deferred {
+            self.pending = Some(plan);
+            return;
+        }
+        if self.symbols {
+            self.run(&plan);
+        }
+        self.complete = true;
+        self.release();
+    }
+
+    fn run(&mut self, plan: &Plan) {
+        match plan {
+            Plan::Holes { holes, combos } => self.payload_passes(holes, combos),
+            Plan::Sources(span) => {
+                if !span.is_empty() {
+                    let k = self.layout.source_count();
+                    // Pass 2 reads up to `w - 1` columns right of a row, through the group
+                    // tables: start it where those groups get built.
+                    let back = span.start..(span.end + self.w).min(k);
+                    self.forward_pass(span.clone());
+                    self.back_pass(back, None, 0);
                 }
-                if self.symbols {
-                    self.payload_passes(&holes, &combos);
-                }
-                self.complete = true;
-                self.release();
+            }
+        }
+    }
+
+    /// Whether no row of a source column has an entry at a check column (`>= k`). Call only
+    /// when every source column holds a pivot row; only the last `w` rows can reach `k`.
+    fn sources_closed(&self, k: u32) -> bool {
+        (k.saturating_sub(self.w)..k).all(|p| self.rows.entries(p).all(|(j, _)| j < k))
+    }
+
+    /// The smallest span of source columns holding every row with payload work: recorded
+    /// reductions or a scale (pass 1), or entries right of the pivot (pass 2). Rows outside it
+    /// hold their received symbol, which is already the column's value.
+    fn source_work_span(&self, k: u32) -> Range<u32> {
+        let busy = |p: u32| {
+            self.hit_len[p as usize] > 0
+                || self.inv_lead.get(p as usize).is_some_and(|&s| s != 1)
+                || self.rows.entries(p).next().is_some()
+        };
+        match (0..k).find(|&p| busy(p)) {
+            None => 0..0,
+            Some(lo) => {
+                let hi = (lo..k).rev().find(|&p| busy(p)).unwrap_or(lo);
+                lo..hi + 1
             }
         }
     }
@@ -328,13 +409,55 @@ impl<'a> BandDecoder<'a> {
     }
 
     fn payload_passes(&mut self, holes: &[u32], combos: &Combos) {
-        let kernel = self.kernel;
         let sym = self.layout.symbol_size();
         let n = self.n;
-        let bytes_rows = !self.inv_lead.is_empty();
+        let kernel = self.kernel;
 
         // 1. Forward: replay the recorded reductions in pivot order.
-        for p in 0..n {
+        self.forward_pass(0..n);
+
+        // 2. Back-substitution with holes as zero; fold each v_p into its checks' sums.
+        let c = self.layout.check_count() as usize;
+        let mut rhs = if holes.is_empty() {
+            Vec::new()
+        } else {
+            vec![0u8; c * sym]
+        };
+        let held = rhs.capacity() + combos.bytes();
+        self.back_pass(0..n, (!rhs.is_empty()).then_some(&mut rhs[..]), held);
+        if holes.is_empty() {
+            return;
+        }
+
+        // 3. Hole values from the check sums.
+        for (i, &hcol) in holes.iter().enumerate() {
+            let dst = self.slots.get_mut(hcol);
+            dst.fill(0);
+            let mut terms: Vec<(u32, u8)> = Vec::new();
+            combos.for_each_term(i, |r, k| terms.push((r, k)));
+            self.symbol_ops += combine(
+                kernel,
+                dst,
+                terms
+                    .iter()
+                    .map(|&(r, k)| (&rhs[r as usize * sym..][..sym], k)),
+            );
+        }
+        drop(rhs);
+
+        // 4. Fix-up: d = U_nh^-1 (U_h x_h), descending from the last hole; x_p = v_p + d_p.
+        if self.tabulate {
+            self.fix_up_bits(holes);
+        } else {
+            self.fix_up_terms(holes);
+        }
+    }
+
+    /// Pass 1 over the pivot columns in `cols`, ascending: `m_p = s_p (raw_p + sum c_q m_q)`.
+    fn forward_pass(&mut self, cols: Range<u32>) {
+        let kernel = self.kernel;
+        let bytes_rows = !self.inv_lead.is_empty();
+        for p in cols {
             self.slots.prefetch(p + PREFETCH_AHEAD);
             if !self.pivots.get(p) {
                 continue;
@@ -348,39 +471,42 @@ impl<'a> BandDecoder<'a> {
                 let (dst, others) = self.slots.split_at(p);
                 if bytes_rows {
                     let coefs = &self.hit_coefs[s..s + len];
-                    combine(
+                    self.symbol_ops += combine(
                         kernel,
                         dst,
                         cols.iter().zip(coefs).map(|(&q, &k)| (others.get(q), k)),
                     );
                 } else {
-                    combine(kernel, dst, cols.iter().map(|&q| (others.get(q), 1)));
+                    self.symbol_ops +=
+                        combine(kernel, dst, cols.iter().map(|&q| (others.get(q), 1)));
                 }
             }
             if bytes_rows {
                 let s = self.inv_lead[p as usize];
                 if s != 1 {
                     kernel.scale(self.slots.get_mut(p), s);
+                    self.symbol_ops += 1;
                 }
             }
         }
+    }
 
-        // 2. Back-substitution with holes as zero; fold each v_p into its checks' sums.
-        let c = self.layout.check_count() as usize;
-        let mut rhs = if holes.is_empty() {
-            Vec::new()
-        } else {
-            vec![0u8; c * sym]
-        };
+    /// Pass 2 over the pivot columns in `cols`, descending: `v_p = m_p + sum U_pj v_j` with
+    /// holes as zero. With `rhs` (`C` symbols), each finished `v_p` is folded into its checks'
+    /// sums. Rows reaching right of `cols` read those columns' slots as final values.
+    /// `held`: transient bytes the caller holds meanwhile (for the peak).
+    fn back_pass(&mut self, cols: Range<u32>, mut rhs: Option<&mut [u8]>, held: usize) {
+        let kernel = self.kernel;
+        let sym = self.layout.symbol_size();
+        let n = self.n;
         let mut tables = match self.rows {
             Rows::Bits(_) if self.tabulate => Some(GroupTables::new(sym)),
             _ => None,
         };
-        self.note_memory(
-            rhs.capacity() + combos.bytes() + tables.as_ref().map_or(0, |t| t.bytes()),
-        );
-        for p in (0..n).rev() {
-            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+        self.note_memory(held + tables.as_ref().map_or(0, |t| t.bytes()));
+        let low = cols.start;
+        for p in cols.rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD).filter(|&c| c >= low) {
                 self.slots.prefetch(next);
             }
             if let Some(t) = tables.as_mut() {
@@ -426,11 +552,12 @@ impl<'a> BandDecoder<'a> {
                         }
                         col += 4;
                     }
+                    self.symbol_ops += nt as u64;
                     combine(kernel, dst, terms[..nt].iter().map(|&s| (s, 1)));
                 }
                 (rows, _) => {
                     // Straight from the row: no term list to set up per row.
-                    combine(
+                    self.symbol_ops += combine(
                         kernel,
                         dst,
                         rows.entries(p)
@@ -439,40 +566,14 @@ impl<'a> BandDecoder<'a> {
                     );
                 }
             }
-            if !rhs.is_empty() {
+            if let Some(rhs) = rhs.as_deref_mut() {
                 let all = self.slots.all();
                 let v = all.get(p);
                 for r in checks_of(&self.layout, p) {
                     kernel.xor(&mut rhs[r as usize * sym..][..sym], v);
+                    self.symbol_ops += 1;
                 }
             }
-        }
-        drop(tables);
-        if holes.is_empty() {
-            return;
-        }
-
-        // 3. Hole values from the check sums.
-        for (i, &hcol) in holes.iter().enumerate() {
-            let dst = self.slots.get_mut(hcol);
-            dst.fill(0);
-            let mut terms: Vec<(u32, u8)> = Vec::new();
-            combos.for_each_term(i, |r, k| terms.push((r, k)));
-            combine(
-                kernel,
-                dst,
-                terms
-                    .iter()
-                    .map(|&(r, k)| (&rhs[r as usize * sym..][..sym], k)),
-            );
-        }
-        drop(rhs);
-
-        // 4. Fix-up: d = U_nh^-1 (U_h x_h), descending from the last hole; x_p = v_p + d_p.
-        if self.tabulate {
-            self.fix_up_bits(holes);
-        } else {
-            self.fix_up_terms(holes);
         }
     }
 
@@ -577,6 +678,7 @@ impl<'a> BandDecoder<'a> {
             }
             live[slot] = nt > 0;
             if nt > 0 {
+                self.symbol_ops += nt as u64 + 1;
                 dst.fill(0);
                 kernel.xor_multi(dst, &terms[..nt]);
                 kernel.xor(self.slots.get_mut(p), dst);
@@ -631,6 +733,7 @@ impl<'a> BandDecoder<'a> {
             combine(kernel, dst, terms.inspect(|_| nt += 1));
             live[slot] = nt > 0;
             if nt > 0 {
+                self.symbol_ops += nt + 1;
                 kernel.xor(self.slots.get_mut(p), dst);
             }
         }

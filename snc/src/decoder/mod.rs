@@ -347,6 +347,17 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// Symbol operations the band decoder's payload passes performed so far: one source
+    /// symbol added into a slot, or one slot scaled, each (copies of received symbols are not
+    /// counted); 0 for the other engines. A systematic stream that delivered every source
+    /// symbol decodes with none.
+    pub fn symbol_ops(&self) -> u64 {
+        match &self.engine {
+            Engine::Band(b) => b.symbol_ops(),
+            _ => 0,
+        }
+    }
+
     /// The layout this decoder was built for.
     pub fn layout(&self) -> &Layout {
         &self.layout

@@ -163,15 +163,18 @@ const BATCH: usize = 32;
 
 /// `dst ^= sum c_i * src_i` with fused kernels: coefficient-1 sources go through
 /// `xor_multi`, the others through `mul_add_multi`, `BATCH` at a time; zeros are skipped.
+/// Returns the number of non-zero terms added.
 pub(crate) fn combine<'s>(
     kernel: Kernel,
     dst: &mut [u8],
     srcs: impl Iterator<Item = (&'s [u8], u8)>,
-) {
+) -> u64 {
+    let mut added = 0;
     let mut xs: [&[u8]; BATCH] = [&[]; BATCH];
     let mut ms: [(&[u8], u8); BATCH] = [(&[], 0); BATCH];
     let (mut nx, mut nm) = (0, 0);
     for (s, c) in srcs {
+        added += u64::from(c != 0);
         match c {
             0 => {}
             1 => {
@@ -198,4 +201,5 @@ pub(crate) fn combine<'s>(
     if nm > 0 {
         kernel.mul_add_multi(dst, &ms[..nm]);
     }
+    added
 }
