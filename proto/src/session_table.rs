@@ -282,7 +282,15 @@ struct Client {
     /// Adapted demand of the client's latest receiver: its next session starts there when that is
     /// above the initial rate (segments are short: a fast client keeps the speed it reached).
     demand_hint_bps: Option<u64>,
+    /// Loss of its latest rate adaptations (all its sessions), newest last: their least is the
+    /// random loss of its path, there at every rate ([`LOSS_FLOOR_REPORTS`]).
+    losses: VecDeque<u32>,
 }
+
+/// Adaptations over which a client's loss floor is the least loss seen.
+pub const LOSS_FLOOR_REPORTS: usize = 8;
+/// Largest loss taken as a floor (5 %): more is always congestion.
+pub const LOSS_FLOOR_MAX_PPM: u32 = 50_000;
 
 #[derive(Debug, Default)]
 struct Member {
@@ -536,6 +544,7 @@ impl SessionTable {
                     sessions: BTreeSet::new(),
                     files: BTreeSet::new(),
                     demand_hint_bps: None,
+                    losses: VecDeque::with_capacity(LOSS_FLOOR_REPORTS),
                 },
             );
         }
@@ -776,7 +785,19 @@ impl SessionTable {
                 .clients
                 .get(&client)
                 .is_none_or(|c| c.hello.control_addr.is_none());
-            r.demand_bps = adapt(cfg, r.demand_bps, r.rate_bps, &stats, settle);
+            // Random loss on the client's path is there at every rate: only loss above its
+            // floor (the least of its recent adaptations) is congestion. At 2 % random loss in the
+            // lab the rates otherwise halved on every other report and never grew (growth needs
+            // under 0.5 %): the server sent 40 of 200 Mbit/s for seconds.
+            let floor = self.clients.get_mut(&client).map_or(0, |c| {
+                let floor = c.losses.iter().copied().min().unwrap_or(0);
+                if c.losses.len() == LOSS_FLOOR_REPORTS {
+                    c.losses.pop_front();
+                }
+                c.losses.push_back(stats.loss_ppm);
+                floor.min(LOSS_FLOOR_MAX_PPM)
+            });
+            r.demand_bps = adapt(cfg, r.demand_bps, r.rate_bps, &stats, settle, floor);
             let demand = r.demand_bps;
             if let Some(c) = self.clients.get_mut(&client) {
                 c.demand_hint_bps = Some(demand);
@@ -1089,9 +1110,18 @@ fn no_such_session(sid: SessionId) -> Frame {
 /// queue. Settling on what it took there spiralled down in the lab (N=4, 200 Mbit/s): receivers
 /// held for a while settled to 25-40 Mbit/s, the even shares then held the others to that pace,
 /// and the server's egress ran at 100-150 of 200 Mbit/s.
-fn adapt(cfg: &TableConfig, demand: u64, rate: u64, stats: &ReceiverStats, settle: bool) -> u64 {
+///
+/// `floor_ppm`: the receiver's loss floor; the loss thresholds apply above it.
+fn adapt(
+    cfg: &TableConfig,
+    demand: u64,
+    rate: u64,
+    stats: &ReceiverStats,
+    settle: bool,
+    floor_ppm: u32,
+) -> u64 {
     let sent = if rate > 0 { rate.min(demand) } else { demand };
-    let next = if stats.loss_ppm > cfg.loss_high_ppm {
+    let next = if stats.loss_ppm > floor_ppm.saturating_add(cfg.loss_high_ppm) {
         let through = if stats.receive_rate_bps > 0 {
             demand.min(stats.receive_rate_bps)
         } else {
@@ -1108,7 +1138,7 @@ fn adapt(cfg: &TableConfig, demand: u64, rate: u64, stats: &ReceiverStats, settl
             .receive_rate_bps
             .saturating_add(stats.receive_rate_bps / 8);
         demand.min(settled)
-    } else if stats.loss_ppm < cfg.loss_low_ppm {
+    } else if stats.loss_ppm < floor_ppm.saturating_add(cfg.loss_low_ppm) {
         // Multiplicative growth (x1.5 per heartbeat) finds a fast receiver's speed within a few
         // heartbeats; loss or the receive-rate bound below stop it.
         let grown = demand
@@ -1164,11 +1194,18 @@ mod tests {
     fn no_receive_sample_means_no_growth() {
         let cfg = TableConfig::default();
         assert_eq!(
-            adapt(&cfg, 400_000_000, 400_000_000, &stats(0, 0), true),
+            adapt(&cfg, 400_000_000, 400_000_000, &stats(0, 0), true, 0),
             400_000_000
         );
         // With a sample, a receiver keeping up grows (at most to twice what it receives).
-        let grown = adapt(&cfg, 400_000_000, 400_000_000, &stats(400_000_000, 0), true);
+        let grown = adapt(
+            &cfg,
+            400_000_000,
+            400_000_000,
+            &stats(400_000_000, 0),
+            true,
+            0,
+        );
         assert!(grown > 400_000_000 && grown <= 800_000_000, "{grown}");
     }
 
@@ -1176,10 +1213,24 @@ mod tests {
     fn a_cooperating_receiver_taking_less_than_its_rate_is_not_settled_on() {
         let cfg = TableConfig::default();
         // 200 Mbit/s sent, 40 taken without loss: a lone receiver is settled on 45 Mbit/s...
-        let lone = adapt(&cfg, 200_000_000, 200_000_000, &stats(40_000_000, 0), true);
+        let lone = adapt(
+            &cfg,
+            200_000_000,
+            200_000_000,
+            &stats(40_000_000, 0),
+            true,
+            0,
+        );
         assert_eq!(lone, 45_000_000);
         // ...a cooperating one (held back for its peers) keeps its rate.
-        let coop = adapt(&cfg, 200_000_000, 200_000_000, &stats(40_000_000, 0), false);
+        let coop = adapt(
+            &cfg,
+            200_000_000,
+            200_000_000,
+            &stats(40_000_000, 0),
+            false,
+            0,
+        );
         assert!(coop >= 200_000_000, "{coop}");
         // Loss still cuts it.
         let cut = adapt(
@@ -1188,8 +1239,44 @@ mod tests {
             200_000_000,
             &stats(40_000_000, 100_000),
             false,
+            0,
         );
         assert_eq!(cut, 100_000_000);
+    }
+
+    #[test]
+    fn random_loss_under_the_floor_neither_cuts_nor_stops_growth() {
+        let cfg = TableConfig::default();
+        // 2.4 % loss on a path that always loses 2 %: growth, not a cut.
+        let grown = adapt(
+            &cfg,
+            60_000_000,
+            60_000_000,
+            &stats(58_000_000, 24_000),
+            false,
+            20_000,
+        );
+        assert!(grown > 60_000_000, "{grown}");
+        // Without the floor the same report cuts.
+        let cut = adapt(
+            &cfg,
+            60_000_000,
+            60_000_000,
+            &stats(58_000_000, 24_000),
+            false,
+            0,
+        );
+        assert!(cut < 60_000_000, "{cut}");
+        // Congestion on top of the floor still cuts.
+        let cut = adapt(
+            &cfg,
+            60_000_000,
+            60_000_000,
+            &stats(40_000_000, 150_000),
+            false,
+            20_000,
+        );
+        assert!(cut < 60_000_000, "{cut}");
     }
 
     #[test]
@@ -1202,6 +1289,7 @@ mod tests {
             1_000_000_000,
             &stats(50_000_000, 100_000),
             true,
+            0,
         );
         assert_eq!(cut, 500_000_000);
         // A mild overshoot is cut to 7/8 of what got through.
@@ -1211,6 +1299,7 @@ mod tests {
             1_000_000_000,
             &stats(900_000_000, 100_000),
             true,
+            0,
         );
         assert_eq!(cut, 900_000_000 / 8 * 7);
     }
