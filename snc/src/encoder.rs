@@ -200,19 +200,18 @@ impl<'a> Encoder<'a> {
             total_weight,
             sys_step: interleave_step(k as u64),
         };
+        // One streaming pass over the segment: each source symbol is added into its (~3)
+        // checks, which stay cache-resident (`C` symbols), instead of gathering each check's
+        // scattered sources (about three passes over the segment from memory).
         let mut checks = std::mem::take(&mut enc.checks);
-        let mut srcs: Vec<&[u8]> = Vec::new();
-        for (r, dst) in checks.chunks_exact_mut(s.max(1)).enumerate() {
-            srcs.clear();
-            srcs.extend(
-                layout
-                    .check_sources(r as u32)
-                    .iter()
-                    .map(|&c| enc.column(c)),
-            );
-            kernel.xor_multi(dst, &srcs);
+        if s > 0 && !checks.is_empty() {
+            for c in 0..k {
+                let src = enc.column(c);
+                for &r in layout.source_checks(c) {
+                    kernel.xor(&mut checks[r as usize * s..][..s], src);
+                }
+            }
         }
-        drop(srcs);
         enc.checks = checks;
         Ok(enc)
     }
