@@ -46,7 +46,7 @@ pub enum Command {
 /// Options shared by every subcommand that talks to a server.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// The server's control address, HOST[:PORT] (port 7653 by default).
+    /// The server's control address, `HOST[:PORT]` (port 7653 by default).
     #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_server)]
     pub server: ServerAddr,
     /// Local address to use: IP (control connection and data socket bind to it) or IP:PORT (the data

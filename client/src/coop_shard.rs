@@ -2,7 +2,7 @@
 //! packets to the peers that asked us, over its own UDP socket through `ccfd-ring`.
 //!
 //! It pops the decoder thread's [`VerifiedPacket`]s (the server's packets of the segment being
-//! received) into a bounded [`snc::Recoder`] and relays each of them *once* to every asker of that
+//! received) into a bounded [`snc::recoder::Recoder`] and relays each of them *once* to every asker of that
 //! segment, in arrival order (arrival-driven relaying); for segments already
 //! complete and verified in our output it *encodes* fresh packets from a read-only map of the output
 //! file (like the server; no buffer kept). Every stream is paced, the whole shard stays under the
@@ -27,7 +27,7 @@
 //!   the buffer's first arrival (a late stream sends the backlog, paced): a systematic packet as
 //!   it is (the server hands each source symbol to one receiver of a segment, so the others get
 //!   it from us), a coded one as one recoded packet of its subgeneration that includes it
-//!   ([`snc::Recoder::recode_arrival`]: innovative to the asker as often as the server's packet).
+//!   ([`snc::recoder::Recoder::recode_arrival`]: innovative to the asker as often as the server's packet).
 //!   It waits when it has sent the newest arrival (recoding beyond what we got would only repeat
 //!   it), skips arrivals evicted from the bounded buffer, and restarts at a buffer restart. One
 //!   GSO send carries one packet form (systematic and recoded packets differ in length).
