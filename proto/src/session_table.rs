@@ -773,9 +773,12 @@ impl SessionTable {
                     loss_ppm: stats.loss_ppm,
                 }));
         }
-        let adapt_now = r
-            .last_adapt
-            .is_none_or(|at| now.saturating_duration_since(at) >= cfg.adapt_interval);
+        // A heartbeat without a receive sample (a session's first ~40 ms) says nothing about the
+        // rate: it must not take the adaptation slot, or a session shorter than two intervals (a
+        // 32 MiB segment lasts ~200 ms at 1.3 Gbit/s) never adapts and the rate never grows.
+        let adapt_now = stats.receive_rate_bps > 0
+            && r.last_adapt
+                .is_none_or(|at| now.saturating_duration_since(at) >= cfg.adapt_interval);
         if adapt_now {
             r.last_adapt = Some(now);
             // A cooperating client (its Hello names a cooperation listener) is held back by the
