@@ -175,14 +175,18 @@ fn source_count(meta: &SessionMeta) -> u32 {
     meta.segment_len.div_ceil(u64::from(meta.code.symbol_size)) as u32
 }
 
-#[test]
-fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() {
-    let (dir, data) = pool_root();
-    let server = pool_server(&dir, "127.79.1.1", 0, 20_000_000);
+/// Two receivers on `ips` say Hello (with a cooperation listener when `cooperating`; without one it
+/// is `--no-coop`), wait for each other, ask for segment 0 of `big.bin` at the same moment and
+/// receive it loss-free: each one's session meta, what it saw and what it decoded.
+fn two_receivers_together(
+    server: &ccfd_server::Server,
+    ips: [&str; 2],
+    cooperating: bool,
+) -> Vec<(SessionMeta, Seen, Vec<u8>)> {
     let addr = server.control_addr();
     let barrier = Barrier::new(2);
-    let results: Vec<(SessionMeta, Seen, Vec<u8>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ["127.79.1.2", "127.79.1.3"]
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ips
             .into_iter()
             .enumerate()
             .map(|(i, ip)| {
@@ -191,7 +195,11 @@ fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() 
                     let socket = receiver_socket(ip);
                     let receive_addr = socket.local_addr().unwrap();
                     let mut ctl = Ctl::connect(addr);
-                    ctl.hello_cooperating(100 + i as u64, receive_addr);
+                    if cooperating {
+                        ctl.hello_cooperating(100 + i as u64, receive_addr);
+                    } else {
+                        ctl.hello(200 + i as u64, Some(receive_addr));
+                    }
                     barrier.wait();
                     let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
                     let (seen, decoded) = receive(&mut ctl, &socket, &meta, |_| false);
@@ -200,7 +208,14 @@ fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() 
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    })
+}
+
+#[test]
+fn receivers_joining_together_share_the_source_symbols_then_get_coded_packets() {
+    let (dir, data) = pool_root();
+    let server = pool_server(&dir, "127.79.1.1", 0, 20_000_000);
+    let results = two_receivers_together(&server, ["127.79.1.2", "127.79.1.3"], true);
     let (meta, a, b) = (&results[0].0, &results[0].1, &results[1].1);
     assert_eq!(meta.session, results[1].0.session, "one session");
     assert!(meta.code.systematic, "systematic by default");
@@ -262,29 +277,7 @@ fn a_lone_receiver_gets_every_source_symbol_then_coded_repair() {
 fn receivers_that_do_not_cooperate_each_get_every_source_symbol() {
     let (dir, data) = pool_root();
     let server = pool_server(&dir, "127.79.5.1", 4, 20_000_000);
-    let addr = server.control_addr();
-    let barrier = Barrier::new(2);
-    let results: Vec<(SessionMeta, Seen, Vec<u8>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ["127.79.5.2", "127.79.5.3"]
-            .into_iter()
-            .enumerate()
-            .map(|(i, ip)| {
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let socket = receiver_socket(ip);
-                    let receive_addr = socket.local_addr().unwrap();
-                    let mut ctl = Ctl::connect(addr);
-                    // No cooperation listener (`--no-coop`): no peer would give it the others' shares.
-                    ctl.hello(200 + i as u64, Some(receive_addr));
-                    barrier.wait();
-                    let meta = request_segment(&mut ctl, "big.bin", 0, receive_addr);
-                    let (seen, decoded) = receive(&mut ctl, &socket, &meta, |_| false);
-                    (meta, seen, decoded)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = two_receivers_together(&server, ["127.79.5.2", "127.79.5.3"], false);
     assert_eq!(results[0].0.session, results[1].0.session, "one session");
     let k = source_count(&results[0].0);
     for (who, (_, seen, decoded)) in ["a", "b"].iter().zip(&results) {
