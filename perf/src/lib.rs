@@ -2,3 +2,4 @@
 //! perf integration tests. The benchmarks themselves live in the binary (`src/main.rs`).
 
 pub mod lab;
+pub mod links;

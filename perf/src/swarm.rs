@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use ccfd_perf::lab::{self, Host, Lab, LabConfig};
+use ccfd_perf::links::{HostLink, LinkSampler};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
@@ -386,9 +387,133 @@ struct Report {
     server_veth_copies: Option<f64>,
     /// The server veth's rate between 10 % and 90 % of its final byte count (lab only), Mbit/s.
     server_veth_steady_mbit_per_s: Option<f64>,
+    /// How busy each host's link was over its own run (lab only).
+    link_use: Option<LinkUse>,
+    /// Every host's (downlink, uplink) Mbit/s per [`LINK_SERIES_STEP`] (lab only).
+    link_series: Vec<LinkSeriesRow>,
     timeout_seconds: f64,
     still_running_at_timeout: Vec<String>,
     per_client: Vec<ClientRow>,
+}
+
+/// How often the lab's link counters are read.
+const LINK_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The bucket of `link_series` in the report, seconds.
+const LINK_SERIES_STEP: f64 = 1.0;
+
+/// One host's mean link rates over its own run: the server until the slowest client finished,
+/// a client until its output was complete.
+#[derive(Debug, Serialize)]
+struct LinkRow {
+    host: String,
+    seconds: f64,
+    down_mbit_per_s: f64,
+    up_mbit_per_s: f64,
+    /// Downlink rate over the lab's per-host rate (with `--rate`).
+    down_utilisation: Option<f64>,
+    /// Uplink rate over the lab's per-host rate (with `--rate`).
+    up_utilisation: Option<f64>,
+}
+
+/// Link utilisation of the run, from every host's eth0 counters (Ethernet frame bytes, so headers
+/// count as use).
+#[derive(Debug, Serialize)]
+struct LinkUse {
+    /// The server's uplink over the slowest client's time, as a share of `--rate`.
+    server_up_utilisation: Option<f64>,
+    /// Mean over clients of each client's downlink use over its own time.
+    client_down_utilisation_mean: Option<f64>,
+    /// The least-used client downlink.
+    client_down_utilisation_min: Option<f64>,
+    /// Mean over clients of each client's uplink use over its own time.
+    client_up_utilisation_mean: Option<f64>,
+    hosts: Vec<LinkRow>,
+}
+
+/// One bucket of `link_series`: `hosts` maps a host (`srv`, `c1`, ...) to its (down, up) Mbit/s.
+#[derive(Debug, Serialize)]
+struct LinkSeriesRow {
+    seconds: f64,
+    hosts: std::collections::BTreeMap<String, [f64; 2]>,
+}
+
+/// Mean link rates per host over its own run, and their shares of `rate_bps`.
+fn link_use(
+    links: &[HostLink],
+    rows: &[ClientRow],
+    slowest: Option<f64>,
+    rate_bps: Option<u64>,
+) -> Option<LinkUse> {
+    if links.is_empty() {
+        return None;
+    }
+    let share = |bps: f64| rate_bps.map(|r| bps / r as f64);
+    let mut hosts = Vec::new();
+    for link in links {
+        let end = match link.host {
+            Host::Server => slowest,
+            Host::Client(k) => rows.get(k - 1).and_then(|r| r.seconds),
+        };
+        let Some((down, up)) = end.and_then(|end| link.mean_bps(0.0, end)) else {
+            continue;
+        };
+        hosts.push(LinkRow {
+            host: link.host.to_string(),
+            seconds: end.unwrap_or(0.0),
+            down_mbit_per_s: down / 1e6,
+            up_mbit_per_s: up / 1e6,
+            down_utilisation: share(down),
+            up_utilisation: share(up),
+        });
+    }
+    let clients: Vec<&LinkRow> = hosts.iter().filter(|h| h.host != "srv").collect();
+    let mean = |values: Vec<f64>| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    Some(LinkUse {
+        server_up_utilisation: hosts
+            .iter()
+            .find(|h| h.host == "srv")
+            .and_then(|h| h.up_utilisation),
+        client_down_utilisation_mean: mean(
+            clients.iter().filter_map(|h| h.down_utilisation).collect(),
+        ),
+        client_down_utilisation_min: clients
+            .iter()
+            .filter_map(|h| h.down_utilisation)
+            .reduce(f64::min),
+        client_up_utilisation_mean: mean(clients.iter().filter_map(|h| h.up_utilisation).collect()),
+        hosts,
+    })
+}
+
+/// Every host's (down, up) Mbit/s in buckets of `step` seconds, over the whole sampled time.
+fn link_series(links: &[HostLink], step: f64) -> Vec<LinkSeriesRow> {
+    let end = links
+        .iter()
+        .filter_map(|l| l.samples.last().map(|s| s.seconds))
+        .reduce(f64::max)
+        .unwrap_or(0.0);
+    let mut series = Vec::new();
+    let mut from = 0.0;
+    while from < end {
+        let to = (from + step).min(end);
+        let hosts = links
+            .iter()
+            .filter_map(|l| {
+                let (down, up) = l.mean_bps(from, to)?;
+                let round = |bps: f64| (bps / 1e5).round() / 10.0;
+                Some((l.host.to_string(), [round(down), round(up)]))
+            })
+            .collect();
+        series.push(LinkSeriesRow {
+            seconds: (to * 100.0).round() / 100.0,
+            hosts,
+        });
+        from = to;
+    }
+    series
 }
 
 /// Where the hosts are and how processes are started on them.
@@ -743,6 +868,13 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     };
     let veth_start = veth(&net);
     let t0 = Instant::now();
+    // Every host's eth0 counters (lab only), for link utilisation.
+    let links = match &net {
+        Net::Lab(lab) => LinkSampler::start(lab, t0, LINK_SAMPLE_INTERVAL, args.timeout)
+            .map_err(|e| eprintln!("link counters not sampled: {e}"))
+            .ok(),
+        Net::Loopback { .. } => None,
+    };
     let mut veth_samples: Vec<(f64, u64)> = veth_start.map(|(b, _)| (0.0, b)).into_iter().collect();
     let mut next_veth_sample = t0;
     let mut done_at: Vec<Option<Instant>> = vec![None; clients];
@@ -852,6 +984,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         proc.stop();
     }
     let veth_end = veth(&net);
+    let links = links.map(LinkSampler::finish).unwrap_or_default();
     if let Some((bytes, _)) = veth_end {
         veth_samples.push((t0.elapsed().as_secs_f64(), bytes));
     }
@@ -997,6 +1130,8 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             .zip(veth_end)
             .map(|(a, b)| (b.0 - a.0) as f64 / file_bytes.max(1) as f64),
         server_veth_steady_mbit_per_s: steady_rate_bps(&veth_samples).map(|r| r / 1e6),
+        link_use: link_use(&links, &rows, slowest, args.rate),
+        link_series: link_series(&links, LINK_SERIES_STEP),
         timeout_seconds: args.timeout.as_secs_f64(),
         still_running_at_timeout: still_running,
         per_client: rows,
@@ -1161,6 +1296,17 @@ fn print_table(report: &Report) {
             print!(", steady {rate:.1} Mbit/s (10-90 %)");
         }
         println!();
+    }
+    if let Some(links) = &report.link_use {
+        let pct = |u: Option<f64>| u.map_or("-".to_owned(), |u| format!("{:.0} %", u * 100.0));
+        println!(
+            "link use (eth0 frames over each host's own time): server up {}, client down {} mean \
+             ({} least), client up {} mean",
+            pct(links.server_up_utilisation),
+            pct(links.client_down_utilisation_mean),
+            pct(links.client_down_utilisation_min),
+            pct(links.client_up_utilisation_mean)
+        );
     }
     if !report.client_options_unsupported.is_empty() {
         println!(
