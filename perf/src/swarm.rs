@@ -488,16 +488,19 @@ fn link_use(
     })
 }
 
-/// Every host's (down, up) Mbit/s in buckets of `step` seconds, over the whole sampled time.
-fn link_series(links: &[HostLink], step: f64) -> Vec<LinkSeriesRow> {
-    let end = links
+/// Every host's (down, up) Mbit/s in buckets of `step` seconds, until the slowest client finished
+/// (or the last sample when not every client did); a last bucket shorter than a tenth of a step is
+/// left out.
+fn link_series(links: &[HostLink], step: f64, slowest: Option<f64>) -> Vec<LinkSeriesRow> {
+    let sampled = links
         .iter()
         .filter_map(|l| l.samples.last().map(|s| s.seconds))
         .reduce(f64::max)
         .unwrap_or(0.0);
+    let end = slowest.map_or(sampled, |s| s.min(sampled));
     let mut series = Vec::new();
     let mut from = 0.0;
-    while from < end {
+    while end - from > step / 10.0 {
         let to = (from + step).min(end);
         let hosts = links
             .iter()
@@ -1131,7 +1134,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             .map(|(a, b)| (b.0 - a.0) as f64 / file_bytes.max(1) as f64),
         server_veth_steady_mbit_per_s: steady_rate_bps(&veth_samples).map(|r| r / 1e6),
         link_use: link_use(&links, &rows, slowest, args.rate),
-        link_series: link_series(&links, LINK_SERIES_STEP),
+        link_series: link_series(&links, LINK_SERIES_STEP, slowest),
         timeout_seconds: args.timeout.as_secs_f64(),
         still_running_at_timeout: still_running,
         per_client: rows,
