@@ -16,7 +16,16 @@
 //!   (a refetch after a failed digest recodes nothing of the failed attempt). Queued packets of other
 //!   segments are discarded. The buffer holds up to `1.25 N` packets (`N` source + check columns,
 //!   about the segment's size), never more than [`source::RECODER_MAX_BYTES`] (64 MiB).
-//! - `Completed { segment }` allows encoding it from the output; its recoding buffer is dropped. A
+//! - `Decoded { segment }` (our decoder reached full rank) keeps that segment's buffer when the
+//!   next `Receiving` starts a new one, until the segment's encoder is built (`Failed { segment }`,
+//!   a failed digest, drops it). A recoding stream of a decoded segment that has relayed every
+//!   arrival goes on with fresh recoded packets of the buffer (MLPI over its subgenerations) at
+//!   its own rate, no longer arrival-driven: the buffer spans the segment, so they serve an asker
+//!   that still lacks rank as well as encoded packets would, without waiting for the digest check,
+//!   the write and the encoder build (300-400 ms on a loaded host: in the lab the last asker of
+//!   each segment got nothing from its peers that long, and the server then sent it what they owed).
+//! - `Completed { segment }` allows encoding it from the output; its recoding buffer is dropped
+//!   once the encoder is built. A
 //!   stream whose segment is complete encodes whatever its source (`FromCopy` is then implied). Only
 //!   segments named by `Completed` are ever read from the output. Encoders (the precode takes tens
 //!   of milliseconds for 32 MiB) are built on a helper thread; the stream starts when it is ready.
@@ -74,6 +83,19 @@ pub enum ServeCommand {
     /// We now receive `segment`: (re)start the recoding buffer for it (packets of other segments
     /// still in the queue are discarded).
     Receiving {
+        /// Segment index.
+        segment: u32,
+    },
+    /// Our decoder reached full rank on `segment` (before its digest check and write): its
+    /// recoding buffer is kept until the segment completes, and streams of it that relayed every
+    /// arrival go on with fresh recoded packets of the buffer.
+    Decoded {
+        /// Segment index.
+        segment: u32,
+    },
+    /// `segment` failed its digest: its kept recoding buffer is dropped (nothing of it is sent
+    /// any more).
+    Failed {
         /// Segment index.
         segment: u32,
     },

@@ -398,6 +398,49 @@ fn a_recoding_stream_encodes_once_its_segment_completes() {
     exit(shard);
 }
 
+#[test]
+fn a_decoded_segment_is_recoded_fresh_until_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let size = 2 * SEGMENT;
+    let data = content(size, "decoded");
+    // Neither verified nor written yet: the output holds nothing of it.
+    std::fs::write(&output, vec![0u8; size]).unwrap();
+    let m = meta(size, true, FieldKind::Gf2);
+    let shard = start_shard("127.78.9.1", m.clone(), &output, None);
+    let from = shard.handle.local_addr;
+    let (socket, to) = receiver("127.78.9.2");
+    // Segment 1 arrives here in full (systematic packets, then coded ones) and decodes; the next
+    // segment starts.
+    shard.handle.send(ServeCommand::Receiving { segment: 1 });
+    let k = SEGMENT / 1024;
+    feed(&shard.queue, &m, &data[SEGMENT..], 1, k + k / 8, 5);
+    std::thread::sleep(Duration::from_millis(100));
+    shard.handle.send(ServeCommand::Decoded { segment: 1 });
+    shard.handle.send(ServeCommand::Receiving { segment: 2 });
+    // A peer asks for segment 1 now: it gets fresh recoded packets of the kept buffer (no
+    // systematic packet, none of the arrivals as they are) and decodes from them alone.
+    let id = stream(3, 9);
+    shard.handle.send(ServeCommand::Start {
+        stream: id,
+        segment: 1,
+        key: KEY,
+        to,
+        source: ServeSource::Recode,
+    });
+    let (decoded, packets) =
+        receive_segment(&socket, from, &m, 1, 9, Duration::from_secs(10), false);
+    assert_eq!(decoded, &data[SEGMENT..]);
+    assert!(packets >= k as u64, "{packets} packets");
+    // The segment fails its digest: nothing more of it goes out.
+    shard.handle.send(ServeCommand::Failed { segment: 1 });
+    std::thread::sleep(Duration::from_millis(100));
+    count_arrivals(&socket, Duration::from_millis(50));
+    let (after, _) = count_arrivals(&socket, Duration::from_millis(300));
+    assert_eq!(after, 0, "packets of a failed segment kept coming");
+    exit(shard);
+}
+
 /// Every payload arriving on `socket` within `window`.
 fn drain(socket: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; 65536];

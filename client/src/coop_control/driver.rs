@@ -226,6 +226,7 @@ impl Driver {
             CoopEvent::Decoded { segment } => {
                 self.receiving = None;
                 self.coop.segment_decoded(now, segment);
+                self.shard_command(ServeCommand::Decoded { segment });
             }
             CoopEvent::Verified { segment, ok: true } => {
                 self.coop.segment_completed(now, segment);
@@ -237,6 +238,7 @@ impl Driver {
                     "segment failed its digest: its peers are cut off for it"
                 );
                 self.coop.segment_failed(now, segment);
+                self.shard_command(ServeCommand::Failed { segment });
             }
             CoopEvent::PeerList {
                 name,

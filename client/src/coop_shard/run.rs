@@ -94,6 +94,9 @@ struct Shard {
     epoch: Instant,
     streams: Vec<ServeStream>,
     receiving: Option<RecodeBuffer>,
+    /// The buffer of a segment that decoded here but is not encodable from our copy yet (digest
+    /// check, write, encoder build pending): its streams recode from it meanwhile.
+    decoded: Option<RecodeBuffer>,
     completed: BTreeSet<u32>,
     coders: BTreeMap<u32, SegmentCoder>,
     /// Encoders being built off the shard thread (the precode takes tens of milliseconds).
@@ -130,6 +133,7 @@ pub(super) fn run(
         epoch: Instant::now(),
         streams: Vec::new(),
         receiving: None,
+        decoded: None,
         completed: BTreeSet::new(),
         coders: BTreeMap::new(),
         building: BTreeSet::new(),
@@ -208,6 +212,24 @@ impl Shard {
         let now = self.now_ns();
         match command {
             ServeCommand::Receiving { segment } => self.receiving(segment),
+            ServeCommand::Decoded { segment } => {
+                for buffer in [&mut self.receiving, &mut self.decoded]
+                    .into_iter()
+                    .flatten()
+                {
+                    if buffer.segment == segment {
+                        buffer.decoded = true;
+                    }
+                }
+            }
+            ServeCommand::Failed { segment } => {
+                if self.decoded.as_ref().is_some_and(|b| b.segment == segment) {
+                    self.decoded = None;
+                }
+                if let Some(b) = self.receiving.as_mut().filter(|b| b.segment == segment) {
+                    b.decoded = false;
+                }
+            }
             ServeCommand::Completed { segment } => {
                 if self.setup.meta.segment_len(segment).is_none() {
                     tracing::warn!(segment, "completed segment outside the file: ignored");
@@ -219,8 +241,12 @@ impl Shard {
                     .as_ref()
                     .is_some_and(|b| b.segment == segment)
                 {
-                    // Complete: its streams encode from our copy now, the buffer goes.
-                    self.receiving = None;
+                    // Complete: its streams encode from our copy once its encoder is built, and
+                    // recode from the buffer until then.
+                    let buffer = self.receiving.take();
+                    if buffer.as_ref().is_some_and(|b| b.decoded) {
+                        self.decoded = buffer;
+                    }
                 }
             }
             ServeCommand::Start {
@@ -257,6 +283,16 @@ impl Shard {
     /// (Re)starts the recoding buffer: a segment fetched again (after a failed digest) starts
     /// from an empty buffer, so nothing of the failed attempt is recoded.
     fn receiving(&mut self, segment: u32) {
+        // A decoded segment's buffer serves its streams until its encoder is built.
+        if let Some(previous) = self.receiving.take() {
+            if previous.decoded && previous.segment != segment {
+                self.decoded = Some(previous);
+            }
+        }
+        if self.decoded.as_ref().is_some_and(|b| b.segment == segment) {
+            // Fetched again (a failed digest): nothing of the earlier attempt is sent.
+            self.decoded = None;
+        }
         if self.completed.contains(&segment) {
             self.receiving = None;
             return;
@@ -507,6 +543,9 @@ impl Shard {
                 Ok(coder) => {
                     tracing::debug!(segment, "encoder of a complete segment built");
                     self.coders.insert(segment, coder);
+                    if self.decoded.as_ref().is_some_and(|b| b.segment == segment) {
+                        self.decoded = None;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(segment, %error, "cannot encode from our copy");
@@ -583,6 +622,7 @@ impl Shard {
             socket,
             streams,
             receiving,
+            decoded,
             completed,
             coders,
             total,
@@ -595,15 +635,30 @@ impl Shard {
         }
         // Encode when the segment is complete in our copy (asked to, or it completed meanwhile),
         // recode while it is the one being received and the buffer holds something new.
+        // The buffer of the stream's segment: the one being received, or the one kept after it
+        // decoded here until its encoder is built.
+        let segment_buffer = match (receiving.as_mut(), decoded.as_mut()) {
+            (Some(b), _) if b.segment == stream.segment => Some(b),
+            (_, Some(b)) if b.segment == stream.segment => Some(b),
+            _ => None,
+        };
         let coder = if completed.contains(&stream.segment) {
             match coders.get(&stream.segment) {
                 Some(coder) => Some(coder),
+                None if segment_buffer.as_ref().is_some_and(|b| b.decoded) => None,
                 None => return Ok(Batch::Starved),
             }
         } else {
             None
         };
-        if coder.is_some() && stream.control.arrival_driven() {
+        // Fresh recoded packets of a decoded segment's buffer once every arrival went out.
+        let fresh = coder.is_none()
+            && segment_buffer.as_ref().is_some_and(|b| {
+                b.decoded
+                    && (b.generation != stream.generation
+                        || b.next_arrival_for(stream.cursor, stream.to.ip()).is_none())
+            });
+        if (coder.is_some() || fresh) && stream.control.arrival_driven() {
             // From relaying to encoding: on from the rate it relayed at, not beyond (the
             // receiver's downlink is as full as our arrivals made it).
             stream.control.set_arrival_driven(false);
@@ -616,9 +671,12 @@ impl Shard {
         // The form of the packets of this batch (one GSO send carries datagrams of one size).
         let mut kind = PacketKind::Coded;
         let mut backlog = u64::MAX;
-        if coder.is_none() {
-            match receiving.as_mut() {
-                Some(b) if stream.mode == ServeSource::Recode && b.segment == stream.segment => {
+        if fresh {
+            kind = PacketKind::Recoded;
+            buffer = segment_buffer;
+        } else if coder.is_none() {
+            match segment_buffer {
+                Some(b) if stream.mode == ServeSource::Recode || b.decoded => {
                     if stream.generation != b.generation {
                         // A new buffer (or a new stream): from its first arrival on.
                         stream.generation = b.generation;
@@ -652,7 +710,7 @@ impl Shard {
         // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
         let full = max.min((stream.pacer.burst_bytes() / dgram).max(1));
         let mut limit = max;
-        if buffer.is_some() {
+        if buffer.is_some() && !fresh {
             if backlog < full as u64 && backlog != stream.waited_backlog {
                 // Arrivals are still coming: let a full batch's worth arrive (a backlog that
                 // stopped growing over one poll is sent as it is).
@@ -695,6 +753,7 @@ impl Shard {
         while sent < n && !out.is_full() {
             // The next held arrival, if it has this batch's form.
             let arrival = match buffer.as_deref() {
+                Some(_) if fresh => None,
                 Some(b) => match b.next_arrival_for(stream.cursor, stream.to.ip()) {
                     Some(next) if b.recoder.arrival_kind(next) == Some(kind) => Some(next),
                     _ => break,
@@ -719,6 +778,10 @@ impl Shard {
                             _ => return 0,
                         }
                     }
+                    (None, Some(b)) if fresh => match b.recode_fresh(&mut stream.prng, body) {
+                        Some(len) => len,
+                        None => return 0,
+                    },
                     (None, Some(b)) => {
                         let stamp = arrival.unwrap_or(u64::MAX);
                         match b.recoder.recode_arrival(stamp, &mut stream.prng, body) {

@@ -165,6 +165,9 @@ pub struct RecodeBuffer {
     from_peers: VecDeque<(u64, IpAddr)>,
     /// Arrivals that came from peers, since the buffer started.
     pub stored_from_peers: u64,
+    /// Our decoder reached full rank on the segment: the buffer spans it, so once a stream has
+    /// relayed every arrival it may go on with fresh recoded packets ([`RecodeBuffer::recode_fresh`]).
+    pub decoded: bool,
 }
 
 impl RecodeBuffer {
@@ -188,7 +191,17 @@ impl RecodeBuffer {
             generation,
             from_peers: VecDeque::new(),
             stored_from_peers: 0,
+            decoded: false,
         }
+    }
+
+    /// Writes one fresh recoded packet (a random combination of the held packets of the
+    /// subgeneration the buffer has sent least of: [`Recoder::recode`], systematic forwarding off)
+    /// into `out`; `None` while nothing is held or `out` is too short. Once the segment decoded here
+    /// the buffer spans it, so these are as useful to an asker as fresh coded packets of our copy,
+    /// which we can encode only once the writer verified and wrote the segment.
+    pub fn recode_fresh(&mut self, rng: &mut snc::prng::Prng, out: &mut [u8]) -> Option<usize> {
+        self.recoder.recode(rng, out)
     }
 
     /// Buffers one verified codec payload of the segment, sent by `from_peer` (`None`: the
