@@ -1149,9 +1149,7 @@ fn adapt(
         // short (a 32 MiB segment lasts 60-200 ms on loopback) and each adapts about once, so x1.5
         // took four segments to reach 5 Gbit/s; a cooperating one grows x1.5.
         let step = if settle { demand } else { demand / 2 };
-        let grown = demand
-            .saturating_add(step)
-            .saturating_add(cfg.min_rate_bps);
+        let grown = demand.saturating_add(step).saturating_add(cfg.min_rate_bps);
         // Grow only while the receiver keeps up: at most twice what it reports receiving (a receiver
         // the server cannot feed faster does not hoard a share of the cap it cannot use).
         if stats.receive_rate_bps > 0 {
