@@ -12,6 +12,7 @@
 //! When the server goes away the state machine reconnects with exponential backoff; the driver gives up
 //! with [`ClientError::Unreachable`] once the server has been unreachable for `retry_for`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -362,6 +363,12 @@ impl StatsSampler {
                 ..StatsSampler::default()
             };
         }
+        if !self.sampled && bytes == 0 {
+            // The first window starts with the first packet: a session whose data is late (the
+            // server still building its encoder) would otherwise report a receive rate far below
+            // what it is sent, and the server cut the rate on it.
+            self.at = Some(now);
+        }
         let since = self
             .at
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
@@ -445,6 +452,8 @@ async fn drive(
     let mut down_since: Option<Instant> = None;
     let mut last_error = String::new();
     let mut sampler = StatsSampler::default();
+    // When each segment was last requested (for the per-segment times of the summary).
+    let mut requested: HashMap<u32, Instant> = HashMap::new();
     let counters = &setup.counters;
     let live = &setup.live;
     download.start(Instant::now(), true);
@@ -482,6 +491,9 @@ async fn drive(
                     down_since.get_or_insert(now);
                 }
                 DownloadAction::Send(frame) => {
+                    if let Frame::RequestSegment { segment, .. } = &frame {
+                        requested.insert(*segment, now);
+                    }
                     if let Some(c) = conn.as_mut() {
                         if let Err(err) = c.send(&frame).await {
                             tracing::info!(server = %setup.server, %err, "control connection lost while sending");
@@ -558,7 +570,11 @@ async fn drive(
             event = events.recv() => {
                 let now = Instant::now();
                 match event {
-                    Some(DecoderEvent::Decoded { segment }) => {
+                    Some(DecoderEvent::Decoded { segment, from_server, from_peers }) => {
+                        let took = requested
+                            .remove(&segment)
+                            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                        counters.record_segment(segment, took, from_server, from_peers);
                         tell_coop(&coop, CoopEvent::Decoded { segment });
                         download.segment_decoded(now, segment)
                     }

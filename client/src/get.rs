@@ -239,7 +239,9 @@ pub fn get(options: &GetOptions) -> Result<Summary, ClientError> {
     // The decoder finishes only when the control thread says the download is done (a cooperating
     // control thread then lingers connected until `leave`).
     let finished = match decoded {
-        Ok(true) => finish_output(options, part, &context.record).map(|()| started.elapsed()),
+        Ok(true) => {
+            finish_output(options, part, &context.record, &counters).map(|()| started.elapsed())
+        }
         Ok(false) => Err(ClientError::Internal("download aborted".into())),
         Err(err) => Err(err),
     };
@@ -489,6 +491,7 @@ fn finish_output(
     options: &GetOptions,
     part: PartFile,
     record: &ResumeRecord,
+    counters: &Counters,
 ) -> Result<(), ClientError> {
     if record.first_missing().is_some() {
         return Err(ClientError::Internal(format!(
@@ -497,7 +500,12 @@ fn finish_output(
             record.segment_count()
         )));
     }
-    part.finish()?;
+    let fsync = part.finish()?;
+    tracing::info!(
+        fsync_ms = fsync.as_millis() as u64,
+        "output fsynced (the writeback left at the end)"
+    );
+    counters.set_fsync(fsync);
     let record_path = output::record_path(&options.output);
     ResumeRecord::remove(&record_path)
         .map_err(|e| ClientError::output("remove", &record_path, e))?;

@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
@@ -146,19 +147,21 @@ impl PartFile {
             .map_err(|e| ClientError::output("write", &self.part, e))
     }
 
-    /// Starts writeback of `range` (does not wait; durability comes from [`PartFile::finish`], and a
-    /// resumed client re-verifies the digests of segments its record marks complete).
+    /// Starts writeback of `range` (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: does not wait, so the
+    /// final fsync has little left to do; durability comes from [`PartFile::finish`], and a resumed
+    /// client re-verifies the digests of segments its record marks complete).
     pub fn flush_segment(&self, range: Range<usize>) -> Result<(), ClientError> {
-        match &self.map {
-            Some(map) if !range.is_empty() => map
-                .flush_async_range(range.start, range.len())
-                .map_err(|e| ClientError::output("flush", &self.part, e)),
-            _ => Ok(()),
+        if range.is_empty() {
+            return Ok(());
         }
+        ccfd_ring::writeback::start_writeback(&self.file, range.start as u64, range.len() as u64)
+            .map_err(|e| ClientError::output("flush", &self.part, e))
     }
 
     /// Flushes the mapping, fsyncs the file, renames `PATH.part` to `PATH` and fsyncs the directory.
-    pub fn finish(self) -> Result<(), ClientError> {
+    /// Returns how long the flush and fsync of the file took (the writeback left to do).
+    pub fn finish(self) -> Result<Duration, ClientError> {
+        let sync_started = Instant::now();
         if let Some(map) = &self.map {
             map.flush()
                 .map_err(|e| ClientError::output("flush", &self.part, e))?;
@@ -166,12 +169,14 @@ impl PartFile {
         self.file
             .sync_all()
             .map_err(|e| ClientError::output("fsync", &self.part, e))?;
+        let synced = sync_started.elapsed();
         drop(self.map);
         drop(self.file);
         std::fs::rename(&self.part, &self.output)
             .map_err(|e| ClientError::output("rename", &self.output, e))?;
         sync_dir(parent_dir(&self.output))
-            .map_err(|e| ClientError::output("fsync", parent_dir(&self.output), e))
+            .map_err(|e| ClientError::output("fsync", parent_dir(&self.output), e))?;
+        Ok(synced)
     }
 }
 

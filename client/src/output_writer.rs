@@ -188,6 +188,9 @@ fn verify(
         });
     if ok {
         part.write_segment(range.start, decoded)?;
+        // Writeback starts now, so the final fsync has little left to do. (The record's
+        // fdatasync below then waits for it on ext4, data=ordered: the writer thread pays the
+        // disk time while the decoder receives the next segment, not the end of the download.)
         part.flush_segment(range.clone())?;
         record.set_complete(segment, true);
         record

@@ -95,6 +95,10 @@ pub enum DecoderEvent {
     Decoded {
         /// The segment.
         segment: u32,
+        /// Codec payload bytes accepted for it from the server.
+        from_server: u64,
+        /// Codec payload bytes accepted for it from peers.
+        from_peers: u64,
     },
     /// The segment's digest matched (`ok`) and it is recorded, or it did not and was discarded.
     Verified {
@@ -429,6 +433,7 @@ fn receive(
     let mut seq_max: u32 = 0;
     let mut tally = SourceTally::new(session.session.0);
     let mut dropped_here: u64 = 0;
+    let mut peer_bytes: u64 = 0;
     let mut complete = decoder.is_solved();
     let started = Instant::now();
     let mut last_push = Duration::ZERO;
@@ -533,6 +538,7 @@ fn receive(
                         }
                         Origin::Peer => {
                             Counters::add(&counters.bytes_from_peers, payload.len() as u64);
+                            peer_bytes += payload.len() as u64;
                             tally.record(
                                 datagram.source.ip(),
                                 header.seq,
@@ -577,6 +583,8 @@ fn receive(
     // passes run.
     let _ = ctx.events.send(DecoderEvent::Decoded {
         segment: session.segment,
+        from_server: live.bytes.load(Ordering::Relaxed),
+        from_peers: peer_bytes,
     });
     let finish_started = Instant::now();
     decoder

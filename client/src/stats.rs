@@ -5,6 +5,7 @@
 //! moments. The decoder thread is the only writer of the data-plane counters.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -56,6 +57,10 @@ pub struct Counters {
     pub bytes_to_peers: AtomicU64,
     /// Data packets the cooperation shard sent to peers.
     pub packets_to_peers: AtomicU64,
+    /// Microseconds the final flush and fsync of the output took (the writeback left at the end).
+    pub fsync_micros: AtomicU64,
+    /// Timing and sources of each segment decoded in this run, in decode order.
+    pub segment_times: Mutex<Vec<SegmentTime>>,
 }
 
 impl Counters {
@@ -67,6 +72,29 @@ impl Counters {
     /// Reads `counter` (relaxed).
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Records the final fsync's duration.
+    pub fn set_fsync(&self, took: Duration) {
+        self.fsync_micros.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Records a decoded segment (request to full rank `took`, and the payload bytes it got from the
+    /// server and from peers).
+    pub fn record_segment(&self, segment: u32, took: Duration, from_server: u64, from_peers: u64) {
+        let time = SegmentTime {
+            segment,
+            // Milliseconds are plenty (and keep the JSON short).
+            seconds: (took.as_secs_f64() * 1000.0).round() / 1000.0,
+            from_server,
+            from_peers,
+        };
+        if let Ok(mut times) = self.segment_times.lock() {
+            times.push(time);
+        }
     }
 
     /// Total packets dropped for any reason.
@@ -119,8 +147,27 @@ impl Counters {
             control_connects: Self::get(&self.control_connects),
             bytes_to_peers: Self::get(&self.bytes_to_peers),
             packets_to_peers: Self::get(&self.packets_to_peers),
+            fsync_seconds: Self::get(&self.fsync_micros) as f64 / 1e6,
+            segment_times: self
+                .segment_times
+                .lock()
+                .map(|times| times.clone())
+                .unwrap_or_default(),
         }
     }
+}
+
+/// One decoded segment in the `--json` summary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct SegmentTime {
+    /// Segment index.
+    pub segment: u32,
+    /// Seconds from its `RequestSegment` to full rank (before the symbol passes and the digest).
+    pub seconds: f64,
+    /// Codec payload bytes accepted for it from the server.
+    pub from_server: u64,
+    /// Codec payload bytes accepted for it from peers.
+    pub from_peers: u64,
 }
 
 /// Packets dropped, by reason.
@@ -187,6 +234,12 @@ pub struct Summary {
     /// Data packets sent to peers by the cooperation shard.
     #[serde(default)]
     pub packets_to_peers: u64,
+    /// Seconds the final flush and fsync of the output took (what early writeback left to do).
+    #[serde(default)]
+    pub fsync_seconds: f64,
+    /// Each segment decoded in this run, in decode order (a refetched segment appears twice).
+    #[serde(default)]
+    pub segment_times: Vec<SegmentTime>,
 }
 
 #[cfg(test)]
@@ -201,7 +254,19 @@ mod tests {
         Counters::add(&counters.packets_used_by_decoded, 103);
         Counters::add(&counters.dropped_bad_mac, 2);
         Counters::add(&counters.dropped_stale, 1);
+        counters.set_fsync(Duration::from_millis(250));
+        counters.record_segment(0, Duration::from_micros(191_400), 1000, 24);
         let summary = counters.summary("f", 1000, 1, Duration::from_millis(500));
+        assert_eq!(summary.fsync_seconds, 0.25);
+        assert_eq!(
+            summary.segment_times,
+            vec![SegmentTime {
+                segment: 0,
+                seconds: 0.191,
+                from_server: 1000,
+                from_peers: 24
+            }]
+        );
         assert_eq!(summary.rate_bytes_per_second, 2000.0);
         assert!((summary.decode_overhead - 0.03).abs() < 1e-9);
         assert_eq!(counters.dropped_total(), 3);

@@ -200,7 +200,7 @@ fn good_segment_is_decoded_verified_and_recorded_bad_digest_is_discarded() {
             Arc::clone(&stop),
         );
         match harness.next_event(Duration::from_secs(20)) {
-            DecoderEvent::Decoded { segment: s } => assert_eq!(s, segment),
+            DecoderEvent::Decoded { segment: s, .. } => assert_eq!(s, segment),
             other => panic!("expected Decoded, got {other:?}"),
         }
         match harness.next_event(Duration::from_secs(20)) {
@@ -298,7 +298,7 @@ fn packets_arriving_before_start_are_kept_for_their_session() {
     std::thread::sleep(Duration::from_millis(150));
     harness.send(DecoderCommand::Start(meta.clone()));
     match harness.next_event(Duration::from_secs(20)) {
-        DecoderEvent::Decoded { segment } => assert_eq!(segment, 0),
+        DecoderEvent::Decoded { segment, .. } => assert_eq!(segment, 0),
         other => panic!("expected Decoded, got {other:?}"),
     }
     match harness.next_event(Duration::from_secs(20)) {

@@ -41,6 +41,8 @@ mod sockets;
 mod syscall;
 mod uring;
 mod waker;
+/// Early writeback of a file's dirty pages (`sync_file_range`), for crates that must not use `unsafe`.
+pub mod writeback;
 
 pub use clock::thread_cpu_time;
 pub use config::{BackendChoice, BackendKind, RingConfig, BACKEND_ENV};
