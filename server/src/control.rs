@@ -683,6 +683,8 @@ async fn stats_task(shards: Vec<Arc<crate::shard::ShardStats>>) {
                 send_errors = sum(|s| &s.send_errors),
                 window_shut = sum(|s| &s.window_shut),
                 window_lost = sum(|s| &s.window_lost),
+                peers_failed = sum(|s| &s.peers_failed),
+                sent_after_peers_failed = sum(|s| &s.sent_after_peers_failed),
                 "data plane"
             );
             last = (packets, bytes);
