@@ -1,8 +1,11 @@
 //! Profiling harness (not a benchmark): `cargo run --release -p snc --example profile --
 //! <what> [MiB] [field] [reps] [checks|-] [sparse|uniform]` with `what` = decode | encode | recode | relayov |
-//! overhead (received / K over `reps` streams, no timing). Runs one configuration
+//! overhead (received / K over `reps` streams, no timing) | decode1 | recode1 (one stream
+//! encoded once, only the decodes / recodes in the profile). Runs one configuration
 //! (band code, 1280-byte symbols, non-systematic, 10 % loss) `reps` times and prints the
 //! thread-CPU MB/s of each run, so `valgrind --tool=callgrind` or `perf` can look inside.
+//! Relays take `BURST` and `HEADROOM` (`none` for fixed bursts) from the environment;
+//! `relayov` drops `LOSS2` % of the relay's packets before the receiver.
 
 #![allow(missing_docs)]
 
@@ -30,6 +33,24 @@ impl Instant {
     fn elapsed(&self) -> Duration {
         (Instant::now().0 - self.0).max(Duration::from_nanos(1))
     }
+}
+
+/// Environment knob `name`, parsed.
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// A relay holding everything, with `BURST` (longest burst) and `HEADROOM` (`none`: fixed
+/// bursts) from the environment when set.
+fn relay(layout: &snc::Layout) -> Recoder {
+    let mut relay = Recoder::new(layout, usize::MAX);
+    if let Some(b) = env("BURST") {
+        relay.set_burst(b);
+    }
+    if let Ok(h) = std::env::var("HEADROOM") {
+        relay.set_burst_headroom(h.parse().ok());
+    }
+    relay
 }
 
 fn main() {
@@ -106,6 +127,60 @@ fn main() {
         );
         return;
     }
+    if what == "decode1" || what == "recode1" {
+        // One stream encoded once, then `reps` timed decodes (or recodes from a fresh relay
+        // holding every delivered packet) of it: a profile holds only the timed part, and the
+        // output buffer is reused like `ccfd-perf codec` does.
+        let mut s = Stream::new(1);
+        for chunk in all.chunks_exact_mut(slot) {
+            lens.push(enc.write_next(&mut s, chunk).unwrap());
+        }
+        let mut loss = Prng::new(2);
+        let kept: Vec<&[u8]> = all
+            .chunks_exact(slot)
+            .zip(&lens)
+            .filter(|_| loss.below(10) != 0)
+            .map(|(c, &n)| &c[..n])
+            .collect();
+        let mut out = vec![0xFFu8; len];
+        let mut buf = vec![0u8; slot];
+        for r in 0..reps {
+            if what == "recode1" {
+                // Untimed: MLPI's state moves with every packet, so every run starts afresh.
+                let mut relay = relay(&layout);
+                for p in &kept {
+                    relay.push(&packet::parse(&layout, p).unwrap()).unwrap();
+                }
+                let mut rng = Prng::new(9 + r as u64);
+                let t = Instant::now();
+                for _ in 0..k {
+                    relay.recode(&mut rng, &mut buf);
+                }
+                let el = t.elapsed();
+                println!(
+                    "recode {:.0} MB/s",
+                    (k * 1280) as f64 / el.as_secs_f64() / 1e6
+                );
+                continue;
+            }
+            out.fill(0xFF);
+            let t = Instant::now();
+            let mut dec = Decoder::new(&layout, &mut out).unwrap();
+            let mut done = false;
+            for p in &kept {
+                if dec.push(p).unwrap() == Progress::Complete {
+                    done = true;
+                    break;
+                }
+            }
+            let el = t.elapsed();
+            assert!(done);
+            drop(dec);
+            assert!(out == data);
+            println!("decode {:.0} MB/s", len as f64 / el.as_secs_f64() / 1e6);
+        }
+        return;
+    }
     for r in 0..reps {
         let mut s = Stream::new(1 + r as u64);
         lens.clear();
@@ -131,7 +206,7 @@ fn main() {
         if what == "relayov" {
             // Overhead of a recoded stream: a relay holding the delivered packets recodes
             // until a coefficient-only decoder completes.
-            let mut relay = Recoder::new(&layout, usize::MAX);
+            let mut relay = relay(&layout);
             for p in &kept {
                 relay.push(&packet::parse(&layout, p).unwrap()).unwrap();
             }
@@ -139,8 +214,13 @@ fn main() {
             let mut buf = vec![0u8; slot];
             let mut dec = Decoder::counting(&layout).unwrap();
             let mut sent = 0u64;
+            let loss2: u64 = env("LOSS2").unwrap_or(0);
+            let mut hop = Prng::new(77 + r as u64);
             while sent < 3 * k as u64 {
                 let n = relay.recode(&mut rng, &mut buf).unwrap();
+                if hop.below(100) < loss2 {
+                    continue;
+                }
                 sent += 1;
                 if dec.push(&buf[..n]).unwrap() == Progress::Complete {
                     break;
@@ -150,7 +230,7 @@ fn main() {
             continue;
         }
         if what == "recode" {
-            let mut relay = Recoder::new(&layout, usize::MAX);
+            let mut relay = relay(&layout);
             for p in &kept {
                 relay.push(&packet::parse(&layout, p).unwrap()).unwrap();
             }

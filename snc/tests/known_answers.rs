@@ -131,27 +131,44 @@ fn random_grouping_gf2() {
 
 #[test]
 fn recoded_packets() {
-    // Burst 1 is strict MLPI (the recoder's schedule before bursts existed).
-    for (field, burst, pinned) in [
+    // Burst 1 is strict MLPI (the recoder's schedule before bursts existed); fixed bursts of 4
+    // (no headroom) were the default before bursts stopped short of the score.
+    for (field, burst, headroom, pinned) in [
         (
             Field::Gf2,
             1,
+            Some(snc::recoder::BURST_HEADROOM),
             "77eddcda548f621d67cd7a9498affa24a3a21e5533fe57334fecc10512a3b7f7",
         ),
         (
             Field::Gf256,
             1,
+            Some(snc::recoder::BURST_HEADROOM),
             "8f0aa30e5c3cabacd0b8e9eb83df5c56e538a4f70723a785189a31fa6cfb9bac",
         ),
         (
             Field::Gf2,
-            snc::recoder::RECODE_BURST,
+            4,
+            None,
             "be33513074b696bfd51b0bf0a96bf4916ae1ded82e94c10858593d74b5185903",
         ),
         (
             Field::Gf256,
-            snc::recoder::RECODE_BURST,
+            4,
+            None,
             "317cf4724b637ae08243d4fef3b1592fc5f9472ec172bd94e75acaf14dfc0178",
+        ),
+        (
+            Field::Gf2,
+            snc::recoder::RECODE_BURST,
+            Some(snc::recoder::BURST_HEADROOM),
+            "3fed45085328f017cc333203d294fd3d5991c1db931c7507815136d9d69d6d82",
+        ),
+        (
+            Field::Gf256,
+            snc::recoder::RECODE_BURST,
+            Some(snc::recoder::BURST_HEADROOM),
+            "0e556e2dbac5dd2417c570caa4eb4a732daceeea04883b843e52620b021bb8da",
         ),
     ] {
         let l = CodeParams::new(20_000)
@@ -165,6 +182,7 @@ fn recoded_packets() {
         let enc = Encoder::new(&l, &data).expect("encoder");
         let mut rec = Recoder::new(&l, 1 << 20);
         rec.set_burst(burst);
+        rec.set_burst_headroom(headroom);
         let mut s = Stream::new(4);
         let mut rng = Prng::new(5);
         let mut buf = vec![0u8; packet::max_len(&l)];
@@ -180,7 +198,7 @@ fn recoded_packets() {
             h.update(&buf[..n]);
         }
         check(
-            &format!("recoded_{field:?}_burst{burst}"),
+            &format!("recoded_{field:?}_burst{burst}_headroom{headroom:?}"),
             h.finalize().to_hex().to_string(),
             pinned,
         );

@@ -150,3 +150,64 @@ fn systematic_packets_keep_their_own_payload_through_relays() {
         assert_eq!(v.symbol, &input[at..at + 100], "payload of source {index}");
     }
 }
+
+#[test]
+fn bursts_stop_short_of_the_score() {
+    // A relay holding a whole segment's coded packets (a non-systematic band code). Replaying
+    // the schedule from the outside: every burst starts at the leftmost subgeneration with
+    // the highest score (held packets, at most a window, minus packets sent), and lasts at
+    // most that score less the headroom, but at least one packet. The stream decodes.
+    let l = CodeParams::new(60_000)
+        .symbol_size(100)
+        .validate()
+        .expect("valid");
+    let input = data(60_000, 9);
+    let enc = Encoder::new(&l, &input).expect("encoder");
+    let mut relay = Recoder::new(&l, 1 << 22);
+    let mut s = Stream::new(3);
+    let mut buf = vec![0u8; packet::max_len(&l)];
+    let g = l.subgen_count() as usize;
+    let mut held = vec![0i64; g];
+    for _ in 0..2 * l.column_count() {
+        let n = enc.write_next(&mut s, &mut buf).expect("write");
+        let v = packet::parse(&l, &buf[..n]).expect("parse");
+        let Header::Coded { subgen, .. } = v.header else {
+            panic!("non-systematic codes send coded packets")
+        };
+        relay.push(&v).expect("push");
+        held[subgen as usize] = (held[subgen as usize] + 1).min(l.window() as i64);
+    }
+    let mut sent = vec![0i64; g];
+    let mut dec = DenseDecoder::new(&l).expect("small layout");
+    let mut rng = Prng::new(4);
+    let (mut run_subgen, mut run_len, mut run_cap) = (usize::MAX, 0i64, 0i64);
+    let mut longest = 0;
+    while !dec.is_complete() {
+        let n = relay.recode(&mut rng, &mut buf).expect("held");
+        let v = packet::parse(&l, &buf[..n]).expect("parse");
+        let Header::Recoded { subgen, .. } = v.header else {
+            panic!("recoded packets")
+        };
+        let gi = subgen as usize;
+        if gi != run_subgen || run_len == run_cap {
+            // A fresh burst: MLPI's choice, as long as the score allows.
+            let score = |i: usize| held[i] - sent[i];
+            let best = (0..g)
+                .filter(|&i| held[i] > 0)
+                .max_by_key(|&i| (score(i), std::cmp::Reverse(i)))
+                .expect("held");
+            assert_eq!(gi, best, "a burst starts at the best subgeneration");
+            run_cap = (score(gi) - i64::from(snc::recoder::BURST_HEADROOM))
+                .clamp(1, i64::from(snc::recoder::RECODE_BURST));
+            (run_subgen, run_len) = (gi, 0);
+        }
+        run_len += 1;
+        longest = longest.max(run_len);
+        sent[gi] += 1;
+        dec.push(&v).expect("fits");
+    }
+    assert!(longest > 1, "a full relay makes bursts");
+    let mut out = vec![0u8; input.len()];
+    dec.finish(&mut out).expect("complete");
+    assert!(out == input);
+}
