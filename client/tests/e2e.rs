@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use ccfd_client::resume::ResumeRecord;
 use common::*;
 
 /// Small segments and symbols so the edge cases and the multi-segment tests stay fast.
@@ -40,6 +41,18 @@ fn one_then_four_concurrent_clients_get_64_mib() {
         summary.dropped.bad_mac + summary.dropped.malformed + summary.dropped.wrong_session,
         0
     );
+    // One time per segment, and their bytes add up to what came from the server.
+    assert_eq!(summary.segment_times.len(), summary.segments as usize);
+    assert_eq!(
+        summary
+            .segment_times
+            .iter()
+            .map(|t| t.from_server + t.from_peers)
+            .sum::<u64>(),
+        summary.bytes_from_server + summary.bytes_from_peers
+    );
+    assert!(summary.segment_times.iter().all(|t| t.seconds > 0.0));
+    assert!(summary.fsync_seconds >= 0.0);
     assert!(
         !ccfd_client::output::record_path(&out).exists(),
         "resume record left behind"
@@ -444,6 +457,80 @@ fn refused_names_and_local_failures_have_distinct_exit_codes() {
         "{}",
         run.stderr
     );
+}
+
+/// An output that fills up mid-transfer (a tmpfs the test mounts, filled once the first segment is
+/// recorded): the client stops with the disk-full exit code (6) and names the path. The `.part` is
+/// preallocated, so what fails for real is the next resume-record write (`ENOSPC`).
+#[test]
+fn an_output_filling_up_mid_transfer_exits_disk_full_naming_the_path() {
+    let scratch = Scratch::new();
+    make_file(&scratch.root(), "m.bin", 8 << 20);
+    let mount_point = scratch.work().join("filling");
+    std::fs::create_dir(&mount_point).unwrap();
+    // Room for the 8 MiB `.part` and the record, not much more.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=9m", "tmpfs"])
+        .arg(&mount_point)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        say("SKIPPED mid-transfer disk-full check: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount_point.clone());
+    // 8 segments at 16 Mbit/s: about half a second each, so the filler lands mid-transfer.
+    let server = Server::start(
+        "127.77.11.1",
+        &scratch.root(),
+        scratch.work(),
+        SMALL_SEGMENTS,
+        &["--max-rate", "16mbit"],
+    );
+    let out = mount_point.join("m.bin");
+    let mut args = get_args("m.bin", server.addr, &out, "127.77.11.10");
+    args.push("--no-coop".into());
+    let (proc, stdout, stderr) = spawn_client(&strs(&args), scratch.work(), "filling");
+    wait_for_segments(&out, 1, Duration::from_secs(30));
+    // Take every free byte of the file system.
+    let mut filler = std::fs::File::create(mount_point.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    let mut filled = 0usize;
+    while let Ok(n) = filler.write(&chunk) {
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    drop(filler);
+    let run = finish_client(proc, &stdout, &stderr, Duration::from_secs(60));
+    let record = ccfd_client::output::record_path(&out);
+    let done = ResumeRecord::load(&record)
+        .ok()
+        .flatten()
+        .and_then(Result::ok)
+        .map_or(0, |r| r.completed_count());
+    assert!(
+        done < 8,
+        "the download finished before the filler ({filled} B) took the space"
+    );
+    assert_eq!(run.code(), 6, "{run:?}");
+    assert!(
+        run.stderr.contains(&out.display().to_string()),
+        "the error names the output path: {}",
+        run.stderr
+    );
+    say(&format!(
+        "mid-transfer disk full: filler took {filled} B after {done} segments; client said: {}",
+        run.stderr.lines().last().unwrap_or_default()
+    ));
 }
 
 #[test]
