@@ -176,10 +176,11 @@ fn main() {
             let el = t.elapsed();
             assert!(done);
             let ops = dec.symbol_ops() as f64 / layout.column_count() as f64;
+            let tries = dec.solve_attempts();
             drop(dec);
             assert!(out == data);
             println!(
-                "decode {:.0} MB/s ({ops:.2} symbol ops per column)",
+                "decode {:.0} MB/s ({ops:.2} symbol ops per column, {tries} hole solves)",
                 len as f64 / el.as_secs_f64() / 1e6
             );
         }

@@ -13,14 +13,17 @@
 //! payload work runs as streaming passes whose working set is a window of `~2w` symbols:
 //! 1. forward, ascending: `m_p = s_p (raw_p + sum c_q m_q)` over the recorded pivots;
 //! 2. back-substitution, descending: `v_p = m_p + sum U_pj v_j` (holes count as zero), each
-//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks; dense GF(2) rows
-//!    (uniform coefficients, ~32 entries of 64) add one tabulated subset per group of four
-//!    columns ([`tables`]) instead of one symbol per set bit; sparse rows (~12 entries) add
-//!    their entries directly, which costs less than building the tables;
+//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks. Below the last
+//!    hole `v_p` lives only in a ring of `w` symbols and the slot keeps `m_p` (rows without
+//!    group tables); dense GF(2) rows (uniform coefficients, ~32 entries of 64) write `v_p` in
+//!    place and add one tabulated subset per group of four columns ([`tables`]) instead of
+//!    one symbol per set bit; sparse rows (~12 entries) add their entries directly, which
+//!    costs less than building the tables;
 //! 3. the holes: `x_h` from the check sums (`~h * C / 2` symbol operations);
-//! 4. fix-up, descending from the last hole: `d = U_nh^-1 (U_h x_h)` in a ring of `w`
-//!    symbols, `x_p = v_p + d_p` in place; dense GF(2) rows add one tabulated subset of
-//!    `e_j` (`x_j` for a hole, `d_j` for a pivot column) per group of four, like pass 2.
+//! 4. below the last hole, descending: rows without tables are redone with the holes known,
+//!    `x_p = m_p + sum U_pj x_j` in place (one pass, no `d`); tabulated rows fix up with
+//!    `d = U_nh^-1 (U_h x_h)` in a ring of `w` symbols, `x_p = v_p + d_p` in place, adding one
+//!    tabulated subset of `e_j` (`x_j` for a hole, `d_j` for a pivot column) per group of four.
 //!
 //! When every hole is a check column and no source row reaches a check column (a systematic
 //! receiver that got every source symbol, or whose repair rows all end before the checks),
@@ -424,7 +427,13 @@ impl<'a> BandDecoder<'a> {
             vec![0u8; c * sym]
         };
         let held = rhs.capacity() + combos.bytes();
-        self.back_pass(0..n, (!rhs.is_empty()).then_some(&mut rhs[..]), held);
+        // Rows without group tables keep `m_p` in the slots below the last hole and redo those
+        // rows once the holes are known; tabulated rows fix up with `d`.
+        let redo = !self.tabulate && !holes.is_empty();
+        match holes.last() {
+            Some(&last) if redo => self.back_pass_ring(last, &mut rhs, held),
+            _ => self.back_pass(0..n, (!rhs.is_empty()).then_some(&mut rhs[..]), held),
+        }
         if holes.is_empty() {
             return;
         }
@@ -445,11 +454,12 @@ impl<'a> BandDecoder<'a> {
         }
         drop(rhs);
 
-        // 4. Fix-up: d = U_nh^-1 (U_h x_h), descending from the last hole; x_p = v_p + d_p.
-        if self.tabulate {
-            self.fix_up_bits(holes);
+        // 4. Below the last hole: x_p = m_p + sum U_pj x_j (redo), or x_p = v_p + d_p with
+        //    d = U_nh^-1 (U_h x_h) descending from the last hole (group tables).
+        if redo {
+            self.redo_pass(*holes.last().expect("non-empty"));
         } else {
-            self.fix_up_terms(holes);
+            self.fix_up_bits(holes);
         }
     }
 
@@ -686,18 +696,67 @@ impl<'a> BandDecoder<'a> {
         }
     }
 
-    /// Fix-up over byte rows and sparse bit rows: `d_p = sum U_pj e_j` term by term, `d` in a
-    /// ring of `w` symbols.
-    fn fix_up_terms(&mut self, holes: &[u32]) {
+    /// Pass 2 when holes remain, over byte rows and sparse bit rows: `v_p = m_p + sum U_pj v_j`
+    /// (holes as zero), descending over every column, each `v_p` folded into its checks' sums
+    /// in `rhs`. Above the last hole `v_p` is final and replaces `m_p` in its slot; below it
+    /// `v_p` goes to a ring of `w` symbols and the slot keeps `m_p` for [`Self::redo_pass`],
+    /// so the fix-up needs neither `d` nor a second write of every slot. `held`: transient
+    /// bytes the caller holds meanwhile (for the peak).
+    fn back_pass_ring(&mut self, last: u32, rhs: &mut [u8], held: usize) {
         let kernel = self.kernel;
         let sym = self.layout.symbol_size();
-        let last = *holes.last().expect("non-empty");
         let ring_slots = (self.w as usize).next_power_of_two();
         let mask = ring_slots as u32 - 1;
         let mut ring = vec![0u8; ring_slots * sym];
-        // live[i]: ring slot i holds a non-zero d (for a column below `last`).
-        let mut live = vec![false; ring_slots];
-        self.note_memory(ring.capacity());
+        self.note_memory(held + ring.capacity());
+        for p in (0..self.n).rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+                self.slots.prefetch(next);
+            }
+            if !self.pivots.get(p) {
+                continue;
+            }
+            let pivots = &self.pivots;
+            let live = self.rows.entries(p).filter(|&(j, _)| pivots.get(j));
+            let slot = (p & mask) as usize;
+            if p > last {
+                // Every column right of p is above the last hole: in place, like pass 2.
+                let (dst, others) = self.slots.split_at(p);
+                self.symbol_ops += combine(kernel, dst, live.map(|(j, k)| (others.get(j), k)));
+            } else {
+                let (lo, rest) = ring.split_at_mut(slot * sym);
+                let (dst, hi) = rest.split_at_mut(sym);
+                let all = self.slots.all();
+                dst.copy_from_slice(all.get(p));
+                let v = |j: u32| -> &[u8] {
+                    if j > last {
+                        return all.get(j);
+                    }
+                    let s = (j & mask) as usize;
+                    if s < slot {
+                        &lo[s * sym..][..sym]
+                    } else {
+                        &hi[(s - slot - 1) * sym..][..sym]
+                    }
+                };
+                self.symbol_ops += combine(kernel, dst, live.map(|(j, k)| (v(j), k)));
+            }
+            let v = if p > last {
+                self.slots.all().get(p)
+            } else {
+                &ring[slot * sym..][..sym]
+            };
+            for r in checks_of(&self.layout, p) {
+                kernel.xor(&mut rhs[r as usize * sym..][..sym], v);
+                self.symbol_ops += 1;
+            }
+        }
+    }
+
+    /// The final pass below the last hole, descending: `x_p = m_p + sum U_pj x_j` over the
+    /// whole row (hole slots hold their values, columns right of `p` are final), in place.
+    fn redo_pass(&mut self, last: u32) {
+        let kernel = self.kernel;
         for p in (0..last).rev() {
             if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
                 self.slots.prefetch(next);
@@ -705,37 +764,13 @@ impl<'a> BandDecoder<'a> {
             if !self.pivots.get(p) {
                 continue;
             }
-            let slot = (p & mask) as usize;
-            let (lo, rest) = ring.split_at_mut(slot * sym);
-            let (dst, hi) = rest.split_at_mut(sym);
-            dst.fill(0);
-            let ring_get = |j: u32| -> &[u8] {
-                let s = (j & mask) as usize;
-                if s < slot {
-                    &lo[s * sym..][..sym]
-                } else {
-                    &hi[(s - slot - 1) * sym..][..sym]
-                }
-            };
-            let all = self.slots.all();
-            let pivots = &self.pivots;
-            let mut nt = 0;
+            let (dst, others) = self.slots.split_at(p);
             // Straight from the row: no term list to set up per row.
-            let terms = self.rows.entries(p).filter_map(|(j, k)| {
-                if !pivots.get(j) {
-                    Some((all.get(j), k))
-                } else if j < last && live[(j & mask) as usize] {
-                    Some((ring_get(j), k))
-                } else {
-                    None
-                }
-            });
-            combine(kernel, dst, terms.inspect(|_| nt += 1));
-            live[slot] = nt > 0;
-            if nt > 0 {
-                self.symbol_ops += nt + 1;
-                kernel.xor(self.slots.get_mut(p), dst);
-            }
+            self.symbol_ops += combine(
+                kernel,
+                dst,
+                self.rows.entries(p).map(|(j, k)| (others.get(j), k)),
+            );
         }
     }
 }
