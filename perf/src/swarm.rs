@@ -102,6 +102,15 @@ pub struct SwarmArgs {
     /// settings; the swarm's own --root/--listen/--udp-base/--max-rate still apply on top.
     #[arg(long, value_name = "FILE")]
     server_config: Option<PathBuf>,
+    /// Keep every process's whole log (stderr, without the progress events) in this directory:
+    /// `server.log`, `client1.log`, ... (created if missing; old files are replaced).
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// `RUST_LOG` filter for the server and the clients, e.g. `debug` or
+    /// `ccfd_client=debug,info` (default: each program's own, info for the server and warn for
+    /// clients). Most useful with --log-dir.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
     /// Run in the network-namespace lab even without --rate/--loss (no shaping), e.g. to read the
     /// server's egress from its veth counter.
     #[arg(long)]
@@ -200,7 +209,9 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(label: String, mut command: Command, t0: Instant) -> Result<Proc> {
+    /// Starts `command`; with `log`, every line of its stderr but the progress events is also
+    /// written to that file.
+    fn spawn(label: String, mut command: Command, t0: Instant, log: Option<File>) -> Result<Proc> {
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -219,7 +230,7 @@ impl Proc {
         });
         let stderr = child.stderr.take().map(|pipe| {
             let live = Arc::clone(&live);
-            std::thread::spawn(move || read_stderr(pipe, &live, t0))
+            std::thread::spawn(move || read_stderr(pipe, &live, t0, log))
         });
         Ok(Proc {
             label,
@@ -288,7 +299,8 @@ impl Drop for Proc {
 
 /// Reads a client's (or the server's) stderr: progress JSON lines update `live`, other lines are
 /// kept as the log tail.
-fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant) {
+fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant, log: Option<File>) {
+    let mut log = log.map(BufWriter::new);
     for line in BufReader::new(pipe).lines() {
         let Ok(line) = line else { break };
         let progress = serde_json::from_str::<Value>(&line)
@@ -307,6 +319,10 @@ fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant) {
                 live.samples.push(sample);
             }
             None => {
+                if let Some(file) = &mut log {
+                    // A full disk must not stop the run: the log is a diagnostic.
+                    let _ = writeln!(file, "{line}");
+                }
                 if live.log_tail.len() == LOG_TAIL_LINES {
                     live.log_tail.pop_front();
                 }
@@ -314,6 +330,27 @@ fn read_stderr(pipe: impl Read, live: &Mutex<Live>, t0: Instant) {
             }
         }
     }
+}
+
+/// `RUST_LOG` from `--log-level`, and no colour codes in the files of `--log-dir`.
+fn log_env(command: &mut Command, args: &SwarmArgs) {
+    if let Some(filter) = &args.log_level {
+        command.env("RUST_LOG", filter);
+    }
+    if args.log_dir.is_some() {
+        command.env("NO_COLOR", "1");
+    }
+}
+
+/// Creates (or truncates) `name` in the `--log-dir`, if one was given.
+fn log_file(dir: Option<&Path>, name: &str) -> Result<Option<File>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("--log-dir {}", dir.display()))?;
+    let path = dir.join(name);
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(Some(file))
 }
 
 /// One client's row of the report.
@@ -832,7 +869,13 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     if let Some(config) = &args.server_config {
         command.arg("--config").arg(config);
     }
-    let mut server = Proc::spawn("ccfd-server".into(), command, t_start)?;
+    log_env(&mut command, args);
+    let mut server = Proc::spawn(
+        "ccfd-server".into(),
+        command,
+        t_start,
+        log_file(args.log_dir.as_deref(), "server.log")?,
+    )?;
     let ready_by = (t_start + SERVER_READY_TIMEOUT).min(deadline);
     loop {
         if let Some(status) = server.poll() {
@@ -904,7 +947,13 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             command.arg("--no-progress");
         }
         command.args(&coop_args);
-        procs.push(Proc::spawn(format!("client {k} ({ip})"), command, t0)?);
+        log_env(&mut command, args);
+        procs.push(Proc::spawn(
+            format!("client {k} ({ip})"),
+            command,
+            t0,
+            log_file(args.log_dir.as_deref(), &format!("client{k}.log"))?,
+        )?);
         let bar = multi.add(ProgressBar::new(file_bytes));
         bar.set_style(style.clone());
         bar.set_prefix(format!("client {k} {ip}"));
