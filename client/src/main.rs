@@ -25,13 +25,29 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => ExitCode::Success.into(),
         Err(err) => {
-            eprintln!("ccfd-client: {err:#}");
+            eprintln!("ccfd-client: {}", error_text(&err));
             match err.downcast_ref::<ClientError>() {
                 Some(client_error) => client_error.exit_code().into(),
                 None => ExitCode::Other.into(),
             }
         }
     }
+}
+
+/// `err` and its causes joined with ": ", leaving out a cause whose text the message before it
+/// already shows (typed errors print their `source` in their own message).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run_get(args: GetArgs) -> anyhow::Result<()> {
@@ -82,4 +98,22 @@ fn run_list(args: ListArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[test]
+    fn error_text_shows_each_cause_once() {
+        let disk_full = std::io::Error::from_raw_os_error(28);
+        let typed =
+            ccfd_client::ClientError::output("write", std::path::Path::new("/x/y.part"), disk_full);
+        let text = error_text(&anyhow::Error::new(typed));
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(text.contains("/x/y.part"), "{text}");
+        let wrapped =
+            anyhow::Error::new(std::io::Error::other("socket closed")).context("list files");
+        assert_eq!(error_text(&wrapped), "list files: socket closed");
+    }
 }
