@@ -102,6 +102,11 @@ pub struct SwarmArgs {
     /// settings; the swarm's own --root/--listen/--udp-base/--max-rate still apply on top.
     #[arg(long, value_name = "FILE")]
     server_config: Option<PathBuf>,
+    /// Start the clients against a cold server: by default the swarm first asks the server for the
+    /// file's meta and waits for it, so the server's one-time hashing of the file (digests are
+    /// cached while it runs) is not counted in the clients' times.
+    #[arg(long)]
+    cold: bool,
     /// Keep every process's whole log (stderr, without the progress events) in this directory:
     /// `server.log`, `client1.log`, ... (created if missing; old files are replaced).
     #[arg(long, value_name = "DIR")]
@@ -424,6 +429,9 @@ struct Report {
     server_veth_copies: Option<f64>,
     /// The server veth's rate between 10 % and 90 % of its final byte count (lab only), Mbit/s.
     server_veth_steady_mbit_per_s: Option<f64>,
+    /// Seconds the server took to answer the warm-up request for the file's meta (hashing it),
+    /// before the clients started; `None` with `--cold` (then the clients' times include it).
+    server_warm_up_seconds: Option<f64>,
     /// How busy each host's link was over its own run (lab only).
     link_use: Option<LinkUse>,
     /// Every host's (downlink, uplink) Mbit/s per [`LINK_SERIES_STEP`] (lab only).
@@ -584,12 +592,66 @@ impl Net {
     }
 
     /// Tries one TCP connection to `addr` from the right network namespace.
+    /// Asks the server at `addr` for the meta of `name` (which makes it hash the file) and waits
+    /// for the answer; returns how long that took.
+    fn fetch_meta(&self, addr: SocketAddr, name: &str, timeout: Duration) -> Result<Duration> {
+        let name = name.to_owned();
+        let attempt = move || fetch_meta(addr, &name, timeout);
+        match self {
+            Net::Loopback { .. } => attempt(),
+            Net::Lab(lab) => lab.in_host(Host::Server, attempt)?,
+        }
+    }
+
     fn can_connect(&self, addr: SocketAddr) -> bool {
         let attempt = move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok();
         match self {
             Net::Loopback { .. } => attempt(),
             Net::Lab(lab) => lab.in_host(Host::Server, attempt).unwrap_or(false),
         }
+    }
+}
+
+/// One control connection to the server: Hello, FileMetaRequest for `name`, wait for FileMeta.
+fn fetch_meta(addr: SocketAddr, name: &str, timeout: Duration) -> Result<Duration> {
+    use ccfd_proto::{Frame, FrameDecoder, Hello, NodeId, Role, PROTOCOL_VERSION};
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+        node_id: NodeId(u64::from(std::process::id()) | (1 << 63)),
+        data_addr: None,
+        control_addr: None,
+    });
+    let request = Frame::FileMetaRequest {
+        name: name.to_owned(),
+    };
+    for frame in [hello, request] {
+        stream.write_all(&frame.to_bytes()?)?;
+    }
+    let mut decoder = FrameDecoder::new();
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        while let Some(frame) = decoder.next_frame()? {
+            match frame {
+                Frame::FileMeta(_) => return Ok(started.elapsed()),
+                Frame::Error { .. } => bail!("the server refused the meta of {name:?}: {frame:?}"),
+                _ => {}
+            }
+        }
+        if started.elapsed() >= timeout {
+            bail!("no meta of {name:?} from {addr} within {timeout:?}");
+        }
+        let read = stream
+            .read(&mut buf)
+            .with_context(|| format!("waiting for the meta of {name:?} from {addr}"))?;
+        if read == 0 {
+            bail!("{addr} closed the connection before sending the meta of {name:?}");
+        }
+        decoder.push(&buf[..read]);
     }
 }
 
@@ -901,6 +963,17 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A long-running server has hashed its files before: so has this one, unless --cold.
+    let warm_seconds = if args.cold {
+        None
+    } else {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let took = net.fetch_meta(server_addr, &name, left).with_context(|| {
+            format!("warming the server up (meta of {name:?}); --cold skips it")
+        })?;
+        Some(took.as_secs_f64())
+    };
+
     // Clients, all at once.
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
     let style = ProgressStyle::with_template(
@@ -1182,6 +1255,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
             .zip(veth_end)
             .map(|(a, b)| (b.0 - a.0) as f64 / file_bytes.max(1) as f64),
         server_veth_steady_mbit_per_s: steady_rate_bps(&veth_samples).map(|r| r / 1e6),
+        server_warm_up_seconds: warm_seconds,
         link_use: link_use(&links, &rows, slowest, args.rate),
         link_series: link_series(&links, LINK_SERIES_STEP, slowest),
         timeout_seconds: args.timeout.as_secs_f64(),
@@ -1348,6 +1422,13 @@ fn print_table(report: &Report) {
             print!(", steady {rate:.1} Mbit/s (10-90 %)");
         }
         println!();
+    }
+    match report.server_warm_up_seconds {
+        Some(seconds) => println!(
+            "server warmed up before the clients started: file meta (hashing) in {seconds:.2} s, \
+             not counted (--cold counts it)"
+        ),
+        None => println!("cold server: the clients' times include its hashing of the file"),
     }
     if let Some(links) = &report.link_use {
         let pct = |u: Option<f64>| u.map_or("-".to_owned(), |u| format!("{:.0} %", u * 100.0));
