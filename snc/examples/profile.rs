@@ -5,7 +5,7 @@
 //! (band code, 1280-byte symbols, non-systematic, 10 % loss) `reps` times and prints the
 //! thread-CPU MB/s of each run, so `valgrind --tool=callgrind` or `perf` can look inside.
 //! Relays take `BURST` and `HEADROOM` (`none` for fixed bursts) from the environment;
-//! `relayov` drops `LOSS2` % of the relay's packets before the receiver.
+//! `relayov` drops `LOSS2` % of the relay's packets before the receiver. `SYS=1`: systematic.
 
 #![allow(missing_docs)]
 
@@ -75,6 +75,7 @@ fn main() {
         .field(field)
         .checks(checks)
         .density(density)
+        .systematic(std::env::var_os("SYS").is_some())
         .validate()
         .unwrap();
     let mut data = vec![0u8; len];

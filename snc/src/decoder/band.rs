@@ -13,17 +13,22 @@
 //! payload work runs as streaming passes whose working set is a window of `~2w` symbols:
 //! 1. forward, ascending: `m_p = s_p (raw_p + sum c_q m_q)` over the recorded pivots;
 //! 2. back-substitution, descending: `v_p = m_p + sum U_pj v_j` (holes count as zero), each
-//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks. Below the last
-//!    hole `v_p` lives only in a ring of `w` symbols and the slot keeps `m_p` (rows without
-//!    group tables); dense GF(2) rows (uniform coefficients, ~32 entries of 64) write `v_p` in
-//!    place and add one tabulated subset per group of four columns ([`tables`]) instead of
-//!    one symbol per set bit; sparse rows (~12 entries) add their entries directly, which
-//!    costs less than building the tables;
+//!    finished `v_p` folded into the right-hand sides of its (<= 3) checks. Rows whose value
+//!    depends on a hole (`d_p != 0` below) keep `m_p` in their slot and put `v_p` in a ring of
+//!    `w` symbols when step 4 redoes them; every other row writes `v_p` in place. Dense GF(2)
+//!    rows (uniform coefficients, ~32 entries of 64) add one tabulated subset per group of
+//!    four columns ([`tables`]) instead of one symbol per set bit; sparse rows (~12 entries)
+//!    add their entries directly, which costs less than building the tables;
 //! 3. the holes: `x_h` from the check sums (`~h * C / 2` symbol operations);
-//! 4. below the last hole, descending: rows without tables are redone with the holes known,
-//!    `x_p = m_p + sum U_pj x_j` in place (one pass, no `d`); tabulated rows fix up with
-//!    `d = U_nh^-1 (U_h x_h)` in a ring of `w` symbols, `x_p = v_p + d_p` in place, adding one
-//!    tabulated subset of `e_j` (`x_j` for a hole, `d_j` for a pivot column) per group of four.
+//! 4. the rows that depend on a hole, descending, one of two ways chosen by counting terms
+//!    (coefficients only):
+//!    * redo: `x_p = m_p + sum U_pj x_j` in place over the whole row; for coded streams,
+//!      whose entries nearly all depend on a hole, this adds the fewest symbols and writes
+//!      each slot once;
+//!    * fix-up (systematic streams, whose entries are mostly received source symbols, and
+//!      tabulated rows): `d = U_nh^-1 (U_h x_h)` in a ring of `w` symbols, `x_p = v_p + d_p`
+//!      in place, adding only the terms at holes and at dependent rows (dense GF(2) rows one
+//!      tabulated subset of `e_j` per group of four, `e_j` = `x_j` at a hole, else `d_j`).
 //!
 //! When every hole is a check column and no source row reaches a check column (a systematic
 //! receiver that got every source symbol, or whose repair rows all end before the checks),
@@ -53,6 +58,25 @@ use tables::GroupTables;
 // GF(2) 1.03-1.04x and GF(2^8) 1.07-1.25x faster than 4; 2 and 4 were within noise of
 // each other.
 const PREFETCH_AHEAD: u32 = 8;
+
+/// One bit per column: the pivot rows whose value depends on a hole.
+#[derive(Debug)]
+struct Live {
+    words: Vec<u64>,
+    /// The highest such row.
+    top: u32,
+    /// Symbols the redo pass would add (every entry of these rows) and the fix-up would add
+    /// (their entries at holes and at such rows, plus `d_p` into the slot).
+    redo_terms: u64,
+    fix_up_terms: u64,
+}
+
+impl Live {
+    #[inline]
+    fn get(&self, c: u32) -> bool {
+        (self.words[(c / 64) as usize] >> (c % 64)) & 1 == 1
+    }
+}
 
 /// Outcome of one push into the band decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,12 +451,20 @@ impl<'a> BandDecoder<'a> {
             vec![0u8; c * sym]
         };
         let held = rhs.capacity() + combos.bytes();
-        // Rows without group tables keep `m_p` in the slots below the last hole and redo those
-        // rows once the holes are known; tabulated rows fix up with `d`.
-        let redo = !self.tabulate && !holes.is_empty();
-        match holes.last() {
-            Some(&last) if redo => self.back_pass_ring(last, &mut rhs, held),
-            _ => self.back_pass(0..n, (!rhs.is_empty()).then_some(&mut rhs[..]), held),
+        // Rows without group tables whose value depends on a hole (`d_p != 0`) keep `m_p` in
+        // their slots and are redone once the holes are known, when that adds fewer symbols
+        // than the fix-up (coded rows, whose entries nearly all depend on a hole); every other
+        // row's `v_p` is final. Otherwise (systematic streams: most entries are received
+        // source symbols) and for tabulated rows, the fix-up adds `d`.
+        let redo = if self.tabulate || holes.is_empty() {
+            None
+        } else {
+            self.rows_reaching_holes()
+                .filter(|l| l.redo_terms <= l.fix_up_terms)
+        };
+        match &redo {
+            Some(live) => self.back_pass_ring(live, &mut rhs, held),
+            None => self.back_pass(0..n, (!rhs.is_empty()).then_some(&mut rhs[..]), held),
         }
         if holes.is_empty() {
             return;
@@ -454,13 +486,50 @@ impl<'a> BandDecoder<'a> {
         }
         drop(rhs);
 
-        // 4. Below the last hole: x_p = m_p + sum U_pj x_j (redo), or x_p = v_p + d_p with
-        //    d = U_nh^-1 (U_h x_h) descending from the last hole (group tables).
-        if redo {
-            self.redo_pass(*holes.last().expect("non-empty"));
-        } else {
+        // 4. Rows reaching a hole: x_p = m_p + sum U_pj x_j (redo), or x_p = v_p + d_p with
+        //    d = U_nh^-1 (U_h x_h) descending from the last hole (group tables). Without tables
+        //    and with no row reaching a hole, x = v already.
+        if let Some(live) = &redo {
+            self.redo_pass(live);
+        } else if self.tabulate {
             self.fix_up_bits(holes);
+        } else {
+            self.fix_up_terms(holes);
         }
+    }
+
+    /// The pivot rows whose value depends on a hole (`d_p != 0` in the fix-up's terms): an
+    /// entry at a hole or at such a row. Coefficients only, descending. `None` when no row
+    /// reaches a hole (then `x = v`).
+    fn rows_reaching_holes(&self) -> Option<Live> {
+        let pivots = &self.pivots;
+        let mut live = Live {
+            words: vec![0; (self.n as usize).div_ceil(64)],
+            top: 0,
+            redo_terms: 0,
+            fix_up_terms: 0,
+        };
+        let mut any = false;
+        for p in (0..self.n).rev() {
+            if !pivots.get(p) {
+                continue;
+            }
+            let (mut all, mut dep) = (0u64, 0u64);
+            for (j, _) in self.rows.entries(p) {
+                all += 1;
+                dep += u64::from(!pivots.get(j) || live.get(j));
+            }
+            if dep > 0 {
+                live.words[(p / 64) as usize] |= 1 << (p % 64);
+                live.redo_terms += all;
+                live.fix_up_terms += dep + 1;
+                if !any {
+                    live.top = p;
+                    any = true;
+                }
+            }
+        }
+        any.then_some(live)
     }
 
     /// Pass 1 over the pivot columns in `cols`, ascending: `m_p = s_p (raw_p + sum c_q m_q)`.
@@ -698,11 +767,11 @@ impl<'a> BandDecoder<'a> {
 
     /// Pass 2 when holes remain, over byte rows and sparse bit rows: `v_p = m_p + sum U_pj v_j`
     /// (holes as zero), descending over every column, each `v_p` folded into its checks' sums
-    /// in `rhs`. Above the last hole `v_p` is final and replaces `m_p` in its slot; below it
-    /// `v_p` goes to a ring of `w` symbols and the slot keeps `m_p` for [`Self::redo_pass`],
-    /// so the fix-up needs neither `d` nor a second write of every slot. `held`: transient
-    /// bytes the caller holds meanwhile (for the peak).
-    fn back_pass_ring(&mut self, last: u32, rhs: &mut [u8], held: usize) {
+    /// in `rhs`. A row not in `live` has its final value and writes it in place of `m_p`; a
+    /// live row's `v_p` goes to a ring of `w` symbols and its slot keeps `m_p` for
+    /// [`Self::redo_pass`], so the fix-up needs neither `d` nor a second write of those slots.
+    /// `held`: transient bytes the caller holds meanwhile (for the peak).
+    fn back_pass_ring(&mut self, live: &Live, rhs: &mut [u8], held: usize) {
         let kernel = self.kernel;
         let sym = self.layout.symbol_size();
         let ring_slots = (self.w as usize).next_power_of_two();
@@ -717,19 +786,20 @@ impl<'a> BandDecoder<'a> {
                 continue;
             }
             let pivots = &self.pivots;
-            let live = self.rows.entries(p).filter(|&(j, _)| pivots.get(j));
+            let terms = self.rows.entries(p).filter(|&(j, _)| pivots.get(j));
             let slot = (p & mask) as usize;
-            if p > last {
-                // Every column right of p is above the last hole: in place, like pass 2.
+            let in_ring = live.get(p);
+            if !in_ring {
+                // No entry at a live row (or it would be live): in place, like pass 2.
                 let (dst, others) = self.slots.split_at(p);
-                self.symbol_ops += combine(kernel, dst, live.map(|(j, k)| (others.get(j), k)));
+                self.symbol_ops += combine(kernel, dst, terms.map(|(j, k)| (others.get(j), k)));
             } else {
                 let (lo, rest) = ring.split_at_mut(slot * sym);
                 let (dst, hi) = rest.split_at_mut(sym);
                 let all = self.slots.all();
                 dst.copy_from_slice(all.get(p));
                 let v = |j: u32| -> &[u8] {
-                    if j > last {
+                    if !live.get(j) {
                         return all.get(j);
                     }
                     let s = (j & mask) as usize;
@@ -739,9 +809,9 @@ impl<'a> BandDecoder<'a> {
                         &hi[(s - slot - 1) * sym..][..sym]
                     }
                 };
-                self.symbol_ops += combine(kernel, dst, live.map(|(j, k)| (v(j), k)));
+                self.symbol_ops += combine(kernel, dst, terms.map(|(j, k)| (v(j), k)));
             }
-            let v = if p > last {
+            let v = if !in_ring {
                 self.slots.all().get(p)
             } else {
                 &ring[slot * sym..][..sym]
@@ -753,15 +823,15 @@ impl<'a> BandDecoder<'a> {
         }
     }
 
-    /// The final pass below the last hole, descending: `x_p = m_p + sum U_pj x_j` over the
+    /// The final pass over the `live` rows, descending: `x_p = m_p + sum U_pj x_j` over the
     /// whole row (hole slots hold their values, columns right of `p` are final), in place.
-    fn redo_pass(&mut self, last: u32) {
+    fn redo_pass(&mut self, live: &Live) {
         let kernel = self.kernel;
-        for p in (0..last).rev() {
+        for p in (0..=live.top).rev() {
             if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
                 self.slots.prefetch(next);
             }
-            if !self.pivots.get(p) {
+            if !live.get(p) {
                 continue;
             }
             let (dst, others) = self.slots.split_at(p);
@@ -771,6 +841,59 @@ impl<'a> BandDecoder<'a> {
                 dst,
                 self.rows.entries(p).map(|(j, k)| (others.get(j), k)),
             );
+        }
+    }
+
+    /// Fix-up over byte rows and sparse bit rows: `d_p = sum U_pj e_j` term by term, `d` in a
+    /// ring of `w` symbols.
+    fn fix_up_terms(&mut self, holes: &[u32]) {
+        let kernel = self.kernel;
+        let sym = self.layout.symbol_size();
+        let last = *holes.last().expect("non-empty");
+        let ring_slots = (self.w as usize).next_power_of_two();
+        let mask = ring_slots as u32 - 1;
+        let mut ring = vec![0u8; ring_slots * sym];
+        // live[i]: ring slot i holds a non-zero d (for a column below `last`).
+        let mut live = vec![false; ring_slots];
+        self.note_memory(ring.capacity());
+        for p in (0..last).rev() {
+            if let Some(next) = p.checked_sub(PREFETCH_AHEAD) {
+                self.slots.prefetch(next);
+            }
+            if !self.pivots.get(p) {
+                continue;
+            }
+            let slot = (p & mask) as usize;
+            let (lo, rest) = ring.split_at_mut(slot * sym);
+            let (dst, hi) = rest.split_at_mut(sym);
+            dst.fill(0);
+            let ring_get = |j: u32| -> &[u8] {
+                let s = (j & mask) as usize;
+                if s < slot {
+                    &lo[s * sym..][..sym]
+                } else {
+                    &hi[(s - slot - 1) * sym..][..sym]
+                }
+            };
+            let all = self.slots.all();
+            let pivots = &self.pivots;
+            let mut nt = 0;
+            // Straight from the row: no term list to set up per row.
+            let terms = self.rows.entries(p).filter_map(|(j, k)| {
+                if !pivots.get(j) {
+                    Some((all.get(j), k))
+                } else if j < last && live[(j & mask) as usize] {
+                    Some((ring_get(j), k))
+                } else {
+                    None
+                }
+            });
+            combine(kernel, dst, terms.inspect(|_| nt += 1));
+            live[slot] = nt > 0;
+            if nt > 0 {
+                self.symbol_ops += nt + 1;
+                kernel.xor(self.slots.get_mut(p), dst);
+            }
         }
     }
 }
