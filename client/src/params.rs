@@ -115,6 +115,7 @@ mod tests {
             segment_size: 1280,
             segment_count: 3,
             code: wire(),
+            last_segment_checks: wire().checks,
             digests: vec![[1; 32], [2; 32], [3; 32]],
             version: 42,
         }

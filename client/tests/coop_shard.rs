@@ -42,12 +42,19 @@ fn meta(size: usize, systematic: bool, field: FieldKind) -> FileMeta {
         .validate()
         .unwrap();
     code.checks = full.check_count();
+    // As the server announces it: the last (maybe shorter) segment's default count.
+    let last_len = size - (size.div_ceil(SEGMENT).max(1) - 1) * SEGMENT;
+    let last = ccfd_client::params::code_params(&code, last_len as u64)
+        .checks(None)
+        .validate()
+        .unwrap();
     FileMeta {
         name: "f".into(),
         size: size as u64,
         segment_size: SEGMENT as u64,
         segment_count: size.div_ceil(SEGMENT) as u32,
         code,
+        last_segment_checks: last.check_count(),
         digests: vec![[0; 32]; size.div_ceil(SEGMENT)],
         version: 1,
     }

@@ -170,6 +170,7 @@ fn file_meta(data: &[u8], digests: Vec<[u8; 32]>) -> FileMeta {
         segment_size: SEGMENT as u64,
         segment_count: data.len().div_ceil(SEGMENT) as u32,
         code: wire(),
+        last_segment_checks: wire().checks,
         digests,
         version: 1,
     }

@@ -22,7 +22,7 @@ use crate::wire::{Reader, WireError, Writer};
 /// [`crate::data::DATA_VERSION`] 2 (POLYVAL-AES MAC) and packet format 2 (sparse coefficients): a
 /// peer speaking version 1 would pass its `Hello` and then have every data packet dropped, so it is
 /// refused at its first frame instead.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame body (bytes after the 4-byte length prefix): 1 MiB.
 ///
@@ -157,8 +157,12 @@ pub struct FileMeta {
     pub segment_size: u64,
     /// `size.div_ceil(segment_size)`; 0 for an empty file.
     pub segment_count: u32,
-    /// Codec parameters for every segment of the file.
+    /// Codec parameters of a full-size segment (`min(segment_size, size)` bytes); its `checks` is
+    /// exact for such a segment.
     pub code: CodeParamsWire,
+    /// Exact precode check count of the last segment, which may be shorter than the others (equal
+    /// to `code.checks` when it is full-size; 0 for an empty file).
+    pub last_segment_checks: u32,
     /// BLAKE3 digest of each segment, `segment_count` of them.
     pub digests: Vec<Digest>,
     /// Version tag of the file's content (e.g. mtime in ns mixed with size and inode); a change means
@@ -629,6 +633,7 @@ impl Frame {
                 w.u64(m.segment_size);
                 w.u32(m.segment_count);
                 put_code(w, &m.code);
+                w.u32(m.last_segment_checks);
                 w.u64(m.version);
                 if segment_count(m.size, m.segment_size) != Some(m.segment_count) {
                     return Err(WireError::InvalidValue {
@@ -896,6 +901,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Frame, WireError> {
             let segment_size = r.u64("segment_size")?;
             let count = r.u32("segment_count")?;
             let code = get_code(r)?;
+            let last_segment_checks = r.u32("last_segment_checks")?;
             let version = r.u64("version")?;
             if segment_count(size, segment_size) != Some(count) {
                 return Err(WireError::InvalidValue {
@@ -916,6 +922,7 @@ fn decode_message(r: &mut Reader<'_>) -> Result<Frame, WireError> {
                 segment_size,
                 segment_count: count,
                 code,
+                last_segment_checks,
                 digests,
                 version,
             })

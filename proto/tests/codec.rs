@@ -93,6 +93,7 @@ fn file_meta() -> impl Strategy<Value = FileMeta> {
                 segment_size,
                 segment_count: n as u32,
                 code,
+                last_segment_checks: code.checks / 2,
                 digests,
                 version,
             })
@@ -365,6 +366,7 @@ fn file_meta_of_100_gib_fits_and_the_limit_is_where_documented() {
         segment_size: seg,
         segment_count: n,
         code: sample_code(),
+        last_segment_checks: 3,
         digests: vec![[7; 32]; n as usize],
         version: 1,
     };
@@ -410,6 +412,7 @@ fn inconsistent_file_meta_is_refused() {
         segment_size: 4,
         segment_count: 3,
         code: sample_code(),
+        last_segment_checks: 3,
         digests: vec![[0; 32]; 3],
         version: 0,
     };

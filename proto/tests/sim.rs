@@ -51,6 +51,7 @@ fn file_meta(size: u64, version: u64) -> FileMeta {
         segment_size,
         segment_count: n,
         code: code(),
+        last_segment_checks: code().checks,
         digests: (0..n).map(|i| [i as u8; 32]).collect(),
         version,
     }

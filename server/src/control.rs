@@ -753,12 +753,25 @@ fn file_meta_frame(coding: &CodingSettings, file: &ServedFile) -> Frame {
             Ok(layout) => layout,
             Err(error) => return Frame::error(ErrorCode::Internal, error.to_string()),
         };
+    // The last segment may be shorter, and a default check count depends on the segment's length.
+    let last_segment_checks = match file.layout.segment_count.checked_sub(1) {
+        None => 0,
+        Some(last) => {
+            let last_len = ccfd_proto::segment_range(file.layout.file_size, nominal, last)
+                .map_or(0, |range| range.end - range.start);
+            match crate::coder::snc_params(coding, last_len).validate() {
+                Ok(last_layout) => last_layout.check_count(),
+                Err(error) => return Frame::error(ErrorCode::Internal, error.to_string()),
+            }
+        }
+    };
     Frame::FileMeta(FileMeta {
         name: file.name.clone(),
         size: file.layout.file_size,
         segment_size: nominal,
         segment_count: file.layout.segment_count,
         code: wire_params(&layout, nominal),
+        last_segment_checks,
         digests: file.digests.clone(),
         version: file.version(),
     })

@@ -22,25 +22,15 @@ pub const RECODER_MAX_BYTES: usize = 64 << 20;
 
 /// The codec layout of `segment` of the file.
 ///
-/// `meta.code.checks` is exact for a full-size segment (`min(segment_size, size)` bytes); for a
-/// shorter last segment the server's rule is reproduced: when the file's check count is the codec's
-/// default for a full segment, the short one uses the default for its own size, otherwise the same
-/// configured count. (A configured count that happens to equal the default would be mistaken for
-/// it: the peer's packets of that last segment would then not decode and fail the digest check.)
+/// `meta.code.checks` is exact for a full-size segment (`min(segment_size, size)` bytes) and
+/// `meta.last_segment_checks` for the last one, which may be shorter.
 pub fn segment_layout(meta: &FileMeta, segment: u32) -> Result<Layout, String> {
     let len = meta
         .segment_len(segment)
         .ok_or_else(|| format!("segment {segment} is outside the file"))?;
-    let full = meta.segment_size.min(meta.size);
     let mut params = code_params(&meta.code, len);
-    if len != full {
-        let full_layout = code_params(&meta.code, full)
-            .checks(None)
-            .validate()
-            .map_err(|e| format!("code parameters of {:?}: {e}", meta.name))?;
-        if full_layout.check_count() == meta.code.checks {
-            params = params.checks(None);
-        }
+    if segment + 1 == meta.segment_count {
+        params = params.checks(Some(meta.last_segment_checks));
     }
     params.validate().map_err(|e| {
         format!(
@@ -266,19 +256,27 @@ mod tests {
             .validate()
             .unwrap();
         code.checks = full.check_count();
+        // As the server announces it: the last segment's own count under the same setting.
+        let last_len = size - (size.div_ceil(segment_size) - 1) * segment_size;
+        let last_segment_checks = code_params(&code, last_len)
+            .checks(checks)
+            .validate()
+            .unwrap()
+            .check_count();
         FileMeta {
             name: "f".into(),
             size,
             segment_size,
             segment_count: size.div_ceil(segment_size) as u32,
             code,
+            last_segment_checks,
             digests: vec![[0; 32]; size.div_ceil(segment_size) as usize],
             version: 1,
         }
     }
 
     #[test]
-    fn short_last_segment_follows_the_server_rule() {
+    fn short_last_segment_uses_the_announced_check_count() {
         let seg = 1 << 20;
         // Default rule: the short segment gets the default count for its own size.
         let m = meta(seg * 2 + 100_000, seg, None);
@@ -294,6 +292,13 @@ mod tests {
         let m = meta(seg * 2 + 100_000, seg, Some(7));
         assert_eq!(segment_layout(&m, 2).unwrap().check_count(), 7);
         assert!(segment_layout(&m, 3).is_err());
+        // A configured count that equals the full segment's default is still the configured count
+        // for the short segment (a rule that guessed from `code.checks` took it for the default).
+        let default_full = code_params(&m.code, seg).checks(None).validate().unwrap();
+        let configured = default_full.check_count();
+        let m = meta(seg * 2 + 100_000, seg, Some(configured));
+        assert_eq!(segment_layout(&m, 2).unwrap().check_count(), configured);
+        assert_ne!(configured, expected.check_count());
     }
 
     #[test]
