@@ -102,6 +102,12 @@ pub struct SwarmArgs {
     /// settings; the swarm's own --root/--listen/--udp-base/--max-rate still apply on top.
     #[arg(long, value_name = "FILE")]
     server_config: Option<PathBuf>,
+    /// The server's sending shards (`ccfd-server --shards`). Default on loopback, where the server
+    /// and the clients share this machine: one core fewer than the machine has (at least one), so
+    /// the clients' decoder threads (pinned to the last core) do not share a core with a shard; in
+    /// the lab and with --server-config, the server's own default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    server_shards: Option<u16>,
     /// Start the clients against a cold server: by default the swarm first asks the server for the
     /// file's meta and waits for it, so the server's one-time hashing of the file (digests are
     /// cached while it runs) is not counted in the clients' times.
@@ -411,6 +417,8 @@ struct Report {
     client_options: Vec<String>,
     /// Options asked for that the client does not support (not passed).
     client_options_unsupported: Vec<String>,
+    /// The server's `--shards` as the swarm set it (`None`: the server's default).
+    server_shards: Option<usize>,
     /// The server's `--max-rate`, bits/s.
     server_max_rate_bits_per_s: Option<u64>,
     /// Data bytes the server sent (its statistics line at shutdown: UDP payloads).
@@ -931,6 +939,16 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
     if let Some(config) = &args.server_config {
         command.arg("--config").arg(config);
     }
+    let server_shards = args.server_shards.map(usize::from).or_else(|| {
+        let shares_the_machine = matches!(net, Net::Loopback { .. });
+        (shares_the_machine && args.server_config.is_none()).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.saturating_sub(1).max(1)
+        })
+    });
+    if let Some(shards) = server_shards {
+        command.arg("--shards").arg(shards.to_string());
+    }
     log_env(&mut command, args);
     let mut server = Proc::spawn(
         "ccfd-server".into(),
@@ -1244,6 +1262,7 @@ pub fn run(args: &SwarmArgs) -> Result<()> {
         coop,
         client_options: coop_args.clone(),
         client_options_unsupported: coop_unsupported.clone(),
+        server_shards,
         server_max_rate_bits_per_s: server_max_rate,
         server_bytes_sent: totals.map(|t| t.0),
         server_packets_sent: totals.map(|t| t.1),
@@ -1429,6 +1448,11 @@ fn print_table(report: &Report) {
              not counted (--cold counts it)"
         ),
         None => println!("cold server: the clients' times include its hashing of the file"),
+    }
+    if let Some(shards) = report.server_shards {
+        println!(
+            "server shards: {shards} (a core left to the clients' decoders; --server-shards to change)"
+        );
     }
     if let Some(links) = &report.link_use {
         let pct = |u: Option<f64>| u.map_or("-".to_owned(), |u| format!("{:.0} %", u * 100.0));
