@@ -156,6 +156,28 @@ impl fmt::Display for Host {
     }
 }
 
+/// An open handle on one host's network namespace ([`Lab::open_netns`]).
+#[derive(Debug)]
+pub struct NetnsHandle {
+    name: String,
+    file: File,
+}
+
+impl NetnsHandle {
+    /// Moves the calling thread into the namespace: sockets it creates and the `/proc/thread-self/net`
+    /// it reads are the host's from then on.
+    pub fn enter(&self) -> Result<(), LabError> {
+        rustix::thread::move_into_link_name_space(
+            self.file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|errno| LabError::Enter {
+            netns: self.name.clone(),
+            source: errno.into(),
+        })
+    }
+}
+
 /// Why the lab could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -563,23 +585,11 @@ impl Lab {
         F: FnOnce() -> T + Send,
         T: Send,
     {
-        let netns = self.netns(host);
-        let path = Path::new("/run/netns").join(&netns);
-        let handle = File::open(&path).map_err(|source| LabError::Enter {
-            netns: netns.clone(),
-            source,
-        })?;
+        let netns = self.open_netns(host)?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    rustix::thread::move_into_link_name_space(
-                        handle.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .map_err(|errno| LabError::Enter {
-                        netns: netns.clone(),
-                        source: errno.into(),
-                    })?;
+                    netns.enter()?;
                     Ok(f())
                 })
                 .join()
@@ -589,6 +599,19 @@ impl Lab {
                     })
                 })
         })
+    }
+
+    /// Opens `host`'s network namespace, for a thread to [`NetnsHandle::enter`] later.
+    pub fn open_netns(&self, host: Host) -> Result<NetnsHandle, LabError> {
+        let name = self.netns(host);
+        let path = Path::new("/run/netns").join(&name);
+        match File::open(&path) {
+            Ok(file) => Ok(NetnsHandle { name, file }),
+            Err(source) => Err(LabError::Enter {
+                netns: name,
+                source,
+            }),
+        }
     }
 
     /// Datagrams dropped so far by each host's loss rule (nftables counters); empty without loss.

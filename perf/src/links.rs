@@ -6,9 +6,6 @@
 //! (before the bridge), its receive counter its downlink (after shaping and loss). Counts are
 //! Ethernet frame bytes as the veth sees them (IP/UDP headers included, no preamble or FCS).
 
-use std::fs::File;
-use std::os::fd::AsFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -103,25 +100,12 @@ impl LinkSampler {
         let started = origin;
         let mut threads = Vec::new();
         for host in lab.hosts() {
-            let netns = lab.netns(host);
-            let handle = File::open(Path::new("/run/netns").join(&netns)).map_err(|source| {
-                LabError::Enter {
-                    netns: netns.clone(),
-                    source,
-                }
-            })?;
+            let netns = lab.open_netns(host)?;
             let stop = Arc::clone(&stop);
             let thread = std::thread::Builder::new()
                 .name(format!("links-{host}"))
                 .spawn(move || {
-                    rustix::thread::move_into_link_name_space(
-                        handle.as_fd(),
-                        Some(rustix::thread::LinkNameSpaceType::Network),
-                    )
-                    .map_err(|errno| LabError::Enter {
-                        netns: netns.clone(),
-                        source: errno.into(),
-                    })?;
+                    netns.enter()?;
                     let mut samples = Vec::new();
                     let mut next = started;
                     loop {
