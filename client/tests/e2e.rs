@@ -427,28 +427,10 @@ fn refused_names_and_local_failures_have_distinct_exit_codes() {
 
     // Disk full: a 1 MiB tmpfs for a 2 MiB file (needs root; skipped with a message otherwise).
     let mount_point = scratch.work().join("tiny");
-    std::fs::create_dir(&mount_point).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mount_point)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        // Uncaptured by `cargo test`, so the skip is visible in every run.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("SKIPPED disk-full check: cannot mount a tmpfs here (not root?)\n"),
-        );
+    let Some(_mounted) = Tmpfs::mount(&mount_point, "1m") else {
+        say("SKIPPED disk-full check: cannot mount a tmpfs here (not root?)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount_point.clone());
+    };
     let full = mount_point.join("ok.bin");
     let run = get("ok.bin", &full, &addr, "full");
     assert_eq!(run.code(), 6, "{run:?}");
@@ -459,6 +441,29 @@ fn refused_names_and_local_failures_have_distinct_exit_codes() {
     );
 }
 
+/// A tmpfs of `size` mounted on a new directory for one test (needs root), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Creates `dir` and mounts a tmpfs of `size` (e.g. `1m`) on it; `None` when it cannot.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// An output that fills up mid-transfer (a tmpfs the test mounts, filled once the first segment is
 /// recorded): the client stops with the disk-full exit code (6) and names the path. The `.part` is
 /// preallocated, so what fails for real is the next resume-record write (`ENOSPC`).
@@ -467,25 +472,11 @@ fn an_output_filling_up_mid_transfer_exits_disk_full_naming_the_path() {
     let scratch = Scratch::new();
     make_file(&scratch.root(), "m.bin", 8 << 20);
     let mount_point = scratch.work().join("filling");
-    std::fs::create_dir(&mount_point).unwrap();
     // Room for the 8 MiB `.part` and the record, not much more.
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=9m", "tmpfs"])
-        .arg(&mount_point)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(&mount_point, "9m") else {
         say("SKIPPED mid-transfer disk-full check: cannot mount a tmpfs here (not root?)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount_point.clone());
+    };
     // 8 segments at 16 Mbit/s: about half a second each, so the filler lands mid-transfer.
     let server = Server::start(
         "127.77.11.1",
