@@ -47,7 +47,7 @@ use crate::layout::Layout;
 use crate::params::Field;
 use holes::{checks_of, Combos, Solve};
 use rows::{Pivots, Rows, Walk};
-use slots::{combine, Slots};
+use slots::{combine, combine_from, Slots};
 use std::ops::Range;
 use tables::GroupTables;
 
@@ -797,7 +797,6 @@ impl<'a> BandDecoder<'a> {
                 let (lo, rest) = ring.split_at_mut(slot * sym);
                 let (dst, hi) = rest.split_at_mut(sym);
                 let all = self.slots.all();
-                dst.copy_from_slice(all.get(p));
                 let v = |j: u32| -> &[u8] {
                     if !live.get(j) {
                         return all.get(j);
@@ -809,7 +808,10 @@ impl<'a> BandDecoder<'a> {
                         &hi[(s - slot - 1) * sym..][..sym]
                     }
                 };
-                self.symbol_ops += combine(kernel, dst, terms.map(|(j, k)| (v(j), k)));
+                // `v_p = m_p + ...` straight into the ring: `m_p` is the fused sum's first
+                // source, not copied first.
+                self.symbol_ops +=
+                    combine_from(kernel, dst, all.get(p), terms.map(|(j, k)| (v(j), k)));
             }
             let v = if !in_ring {
                 self.slots.all().get(p)

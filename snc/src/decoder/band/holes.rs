@@ -288,24 +288,26 @@ fn solve_bytes(
     let last = *holes.last().expect("non-empty");
     let slots = (w as usize).next_power_of_two();
     let mask = slots as u32 - 1;
-    let mut pending = vec![0u8; slots * c];
+    // Check vectors padded to whole 32-byte vectors: the kernels then have no byte tail.
+    let cp = c.next_multiple_of(32);
+    let mut pending = vec![0u8; slots * cp];
     let mut acol = vec![0u8; h * c];
-    let mut z = vec![0u8; c];
+    let mut z = vec![0u8; cp];
     let mut hi = 0usize;
     for p in 0..=last {
-        let slot = (p & mask) as usize * c;
-        z.copy_from_slice(&pending[slot..slot + c]);
-        pending[slot..slot + c].fill(0);
+        let slot = (p & mask) as usize * cp;
+        z.copy_from_slice(&pending[slot..slot + cp]);
+        pending[slot..slot + cp].fill(0);
         for r in checks_of(layout, p) {
             z[r as usize] ^= 1;
         }
         if pivots.get(p) {
             rows.for_each_entry(p, |j, u| {
-                let t = (j & mask) as usize * c;
-                kernel.mul_add(&mut pending[t..t + c], &z, u);
+                let t = (j & mask) as usize * cp;
+                kernel.mul_add(&mut pending[t..t + cp], &z, u);
             });
         } else {
-            acol[hi * c..][..c].copy_from_slice(&z);
+            acol[hi * c..][..c].copy_from_slice(&z[..c]);
             hi += 1;
         }
     }
@@ -322,7 +324,7 @@ fn solve_bytes(
     for r in 0..c {
         m[r * rw + h + r] = 1;
     }
-    *scratch_bytes = (*scratch_bytes).max(c * rw + slots * c + h * c);
+    *scratch_bytes = (*scratch_bytes).max(c * rw + slots * cp + h * c);
     let mut pivot_row = vec![usize::MAX; h];
     let mut rank = 0usize;
     let mut tmp = vec![0u8; rw];

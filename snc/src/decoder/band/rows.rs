@@ -206,17 +206,15 @@ impl Rows {
             debug_assert_ne!(c, 0);
             let row = &mut data[a as usize * w..][..w];
             if !pivots.get(a) {
-                let ic = gf256::inv(c);
-                for (r, &s) in row.iter_mut().zip(&scratch[h..h + w]) {
-                    *r = gf256::mul(s, ic);
-                }
+                row.copy_from_slice(&scratch[h..h + w]);
+                kernel.scale(row, gf256::inv(c));
                 pivots.set(a);
                 return Walk::Stored { pivot: a, lead: c };
             }
             kernel.mul_add(&mut scratch[h..h + w], row, c);
             hits.push(a);
             hit_coefs.push(c);
-            let Some(t) = scratch[h + 1..h + w].iter().position(|&x| x != 0) else {
+            let Some(t) = first_nonzero(&scratch[h + 1..h + w]) else {
                 return Walk::Redundant;
             };
             h += t + 1;
@@ -230,6 +228,25 @@ impl Rows {
             }
         }
     }
+}
+
+/// Index of the first non-zero byte of `bytes`, eight bytes at a time.
+#[inline]
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut base = 0;
+    for chunk in chunks.by_ref() {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if x != 0 {
+            return Some(base + (x.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b != 0)
+        .map(|i| base + i)
 }
 
 /// Iterator over one row's entries right of the pivot ([`Rows::entries`]).

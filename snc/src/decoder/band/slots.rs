@@ -203,3 +203,62 @@ pub(crate) fn combine<'s>(
     }
     added
 }
+
+/// `dst = first + sum c_i * src_i` like [`combine`], without reading `dst`: `first` is the
+/// first source of the fused `xor_sum` (no copy of it into `dst` first). Returns the number of
+/// non-zero terms added (`first` not counted).
+pub(crate) fn combine_from<'s>(
+    kernel: Kernel,
+    dst: &mut [u8],
+    first: &'s [u8],
+    srcs: impl Iterator<Item = (&'s [u8], u8)>,
+) -> u64 {
+    let mut added = 0;
+    let mut xs: [&[u8]; BATCH] = [&[]; BATCH];
+    let mut ms: [(&[u8], u8); BATCH] = [(&[], 0); BATCH];
+    xs[0] = first;
+    let (mut nx, mut nm) = (1, 0);
+    // Whether `dst` holds a value yet (the first fused call sets it).
+    let mut set = false;
+    for (s, c) in srcs {
+        added += u64::from(c != 0);
+        match c {
+            0 => {}
+            1 => {
+                xs[nx] = s;
+                nx += 1;
+                if nx == BATCH {
+                    if set {
+                        kernel.xor_multi(dst, &xs);
+                    } else {
+                        kernel.xor_sum(dst, &xs);
+                        set = true;
+                    }
+                    nx = 0;
+                }
+            }
+            _ => {
+                ms[nm] = (s, c);
+                nm += 1;
+                if nm == BATCH {
+                    if !set {
+                        kernel.xor_sum(dst, &xs[..nx]);
+                        set = true;
+                        nx = 0;
+                    }
+                    kernel.mul_add_multi(dst, &ms);
+                    nm = 0;
+                }
+            }
+        }
+    }
+    if !set {
+        kernel.xor_sum(dst, &xs[..nx]);
+    } else if nx > 0 {
+        kernel.xor_multi(dst, &xs[..nx]);
+    }
+    if nm > 0 {
+        kernel.mul_add_multi(dst, &ms[..nm]);
+    }
+    added
+}
