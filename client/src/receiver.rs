@@ -437,6 +437,9 @@ fn receive(
     let mut complete = decoder.is_solved();
     let started = Instant::now();
     let mut last_push = Duration::ZERO;
+    let mut timeline = Timeline::default();
+    let rank_95 = layout.source_count().saturating_mul(19) / 20;
+    let mut rank_95_at: Option<Duration> = None;
     while !complete {
         match ctx.commands.try_recv() {
             Ok(DecoderCommand::Stop { session: s, .. }) if s == session.session => {
@@ -523,6 +526,7 @@ fn receive(
                         }
                     }
                     Counters::add(&counters.packets_accepted, 1);
+                    timeline.record(started.elapsed(), header.origin, innovative);
                     match header.origin {
                         Origin::Server => {
                             Counters::add(&counters.bytes_from_server, payload.len() as u64);
@@ -576,11 +580,15 @@ fn receive(
             more = processed.more;
         }
         live.rank.store(decoder.rank(), Ordering::Relaxed);
+        if rank_95_at.is_none() && decoder.rank() >= rank_95 {
+            rank_95_at = Some(started.elapsed());
+        }
         live.dropped.store(dropped_here, Ordering::Relaxed);
         live.sources.publish(&mut tally);
     }
     // Full rank: the control thread sends StopSegment and requests the next segment while the symbol
     // passes run.
+    let full_rank_at = started.elapsed();
     let _ = ctx.events.send(DecoderEvent::Decoded {
         segment: session.segment,
         from_server: live.bytes.load(Ordering::Relaxed),
@@ -603,10 +611,59 @@ fn receive(
         elapsed_ms = started.elapsed().as_millis() as u64,
         final_push_ms = last_push.as_millis() as u64,
         finish_ms,
+        full_rank_ms = full_rank_at.as_millis() as u64,
+        rank_95_ms = rank_95_at.unwrap_or(full_rank_at).as_millis() as u64,
+        stale_total = counters.dropped_stale.load(Ordering::Relaxed),
+        timeline = %timeline,
         "segment decoded"
     );
     live.rank.store(decoder.rank(), Ordering::Relaxed);
     Ok(Outcome::Decoded)
+}
+
+/// Packets accepted per [`Timeline::BIN`] of a session, from the server and from peers, and how many
+/// of them were redundant: the debug log of segment boundaries (how fast a segment starts, how much of
+/// its tail is wasted).
+#[derive(Default)]
+struct Timeline {
+    bins: Vec<(u32, u32, u32)>,
+}
+
+impl Timeline {
+    const BIN: Duration = Duration::from_millis(50);
+    /// Bins kept (the rest of a very slow segment is not logged).
+    const MAX_BINS: usize = 4096;
+
+    fn record(&mut self, elapsed: Duration, origin: Origin, innovative: bool) {
+        let index = (elapsed.as_millis() / Self::BIN.as_millis()) as usize;
+        if index >= Self::MAX_BINS {
+            return;
+        }
+        if self.bins.len() <= index {
+            self.bins.resize(index + 1, (0, 0, 0));
+        }
+        let bin = &mut self.bins[index];
+        match origin {
+            Origin::Server => bin.0 += 1,
+            Origin::Peer => bin.1 += 1,
+        }
+        if !innovative {
+            bin.2 += 1;
+        }
+    }
+}
+
+/// `server/peers/redundant` per bin, space-separated.
+impl std::fmt::Display for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (server, peers, redundant)) in self.bins.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{server}/{peers}/{redundant}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The byte range of `segment` in the output, as `usize` (the meta was checked to fit).
