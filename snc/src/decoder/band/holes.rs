@@ -90,8 +90,14 @@ impl Combos {
 pub(crate) enum Solve {
     /// The holes (ascending) and how to compute each from the check sums.
     Solved { holes: Vec<u32>, combos: Combos },
-    /// The checks leave this many holes undetermined.
-    Deficient(u32),
+    /// The checks leave `deficiency` holes undetermined. For bit rows with a small
+    /// deficiency, `null` holds a basis of the solutions of the homogeneous system (stored rows
+    /// and checks), one bit per column: a later row lowers the deficiency exactly when it is
+    /// not orthogonal to one of them (empty when not computed).
+    Deficient {
+        deficiency: u32,
+        null: Vec<Vec<u64>>,
+    },
 }
 
 /// Attempts the hole solve for the current rows. `holes` ascending, `holes.len() <= C`.
@@ -188,7 +194,13 @@ fn solve_bits(
         rank += 1;
     }
     if rank < h {
-        return Solve::Deficient((h - rank) as u32);
+        let deficiency = (h - rank) as u32;
+        let null = if deficiency <= MAX_TRACKED_NULL {
+            null_basis_bits(layout, rows, pivots, &holes, &pivot_row, &m, rw)
+        } else {
+            Vec::new()
+        };
+        return Solve::Deficient { deficiency, null };
     }
     let mut words = vec![0u64; h * cw];
     for (i, &r) in pivot_row.iter().enumerate() {
@@ -198,6 +210,70 @@ fn solve_bits(
         holes,
         combos: Combos::Bits { cw, words },
     }
+}
+
+/// Largest deficiency whose null basis a deficient bit solve returns.
+const MAX_TRACKED_NULL: u32 = 8;
+
+/// Bits `c..c + 64` of the bit vector `z` (zero beyond its end).
+#[inline]
+pub(crate) fn bit_window(z: &[u64], c: u32) -> u64 {
+    let (w, s) = ((c / 64) as usize, c % 64);
+    let lo = z.get(w).copied().unwrap_or(0) >> s;
+    if s == 0 {
+        lo
+    } else {
+        lo | z.get(w + 1).copied().unwrap_or(0) << (64 - s)
+    }
+}
+
+/// A basis of the solutions `x` of `U x = 0, P x = 0` (one bit per column) from the reduced
+/// `[A | I]` of a deficient solve: per free hole `f`, `x_f = 1`, the other free holes 0, each
+/// pivoted hole from its reduced check row, then the pivot columns by back-substitution
+/// (`x_p = sum U_pj x_j`, descending).
+fn null_basis_bits(
+    layout: &Layout,
+    rows: &[u64],
+    pivots: &Pivots,
+    holes: &[u32],
+    pivot_row: &[usize],
+    m: &[u64],
+    rw: usize,
+) -> Vec<Vec<u64>> {
+    let n = layout.column_count();
+    let words = (n as usize).div_ceil(64);
+    let set = |z: &mut [u64], c: u32| z[(c / 64) as usize] |= 1 << (c % 64);
+    let mut basis = Vec::new();
+    for (f, _) in pivot_row
+        .iter()
+        .enumerate()
+        .filter(|(_, &r)| r == usize::MAX)
+    {
+        let mut z = vec![0u64; words];
+        set(&mut z, holes[f]);
+        for (i, &r) in pivot_row.iter().enumerate() {
+            if r != usize::MAX && (m[r * rw + f / 64] >> (f % 64)) & 1 == 1 {
+                set(&mut z, holes[i]);
+            }
+        }
+        for p in (0..n).rev() {
+            if pivots.get(p) && (rows[p as usize] & !1 & bit_window(&z, p)).count_ones() % 2 == 1 {
+                set(&mut z, p);
+            }
+        }
+        debug_assert!((0..layout.check_count()).all(|r| {
+            let k = layout.source_count();
+            let parity = layout
+                .check_sources(r)
+                .iter()
+                .chain(std::iter::once(&(k + r)))
+                .filter(|&&c| (z[(c / 64) as usize] >> (c % 64)) & 1 == 1)
+                .count();
+            parity % 2 == 0
+        }));
+        basis.push(z);
+    }
+    basis
 }
 
 /// The columns of `A` (`h` x `cw` words, hole order) for `cw` words per check vector.
@@ -350,7 +426,10 @@ fn solve_bytes(
         rank += 1;
     }
     if rank < h {
-        return Solve::Deficient((h - rank) as u32);
+        return Solve::Deficient {
+            deficiency: (h - rank) as u32,
+            null: Vec::new(),
+        };
     }
     let mut coefs = vec![0u8; h * c];
     for (i, &r) in pivot_row.iter().enumerate() {
