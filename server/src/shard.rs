@@ -42,7 +42,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::coder::SessionCoder;
 use crate::notify::Watchdog;
-use crate::pacing::{batch_datagrams, EgressLimiter, SendWindow, TokenBucket};
+use crate::pacing::{batch_datagrams, EgressLimiter, SendWindow, TokenBucket, SEND_BUFFER_BYTES};
 
 pub mod pool;
 
@@ -601,7 +601,8 @@ impl ShardLoop {
         let config = SocketConfig::new(bind)
             .receive(false)
             .gro(false)
-            .recv_buffer(64 << 10);
+            .recv_buffer(64 << 10)
+            .send_buffer(Some(SEND_BUFFER_BYTES));
         let socket = match self.ring.bind(&config) {
             Ok(socket) => socket,
             Err(error) => {
