@@ -438,6 +438,7 @@ fn receive(
     let started = Instant::now();
     let mut last_push = Duration::ZERO;
     let mut timeline = Timeline::default();
+    let mut redundant = RedundantKinds::default();
     let rank_95 = layout.source_count().saturating_mul(19) / 20;
     let mut rank_95_at: Option<Duration> = None;
     while !complete {
@@ -517,6 +518,7 @@ fn receive(
                         }
                         Ok(Progress::Redundant) => {
                             innovative = false;
+                            redundant.record(header.origin, payload);
                             Counters::add(&counters.packets_redundant, 1)
                         }
                         Ok(Progress::Innovative) => {}
@@ -614,11 +616,38 @@ fn receive(
         full_rank_ms = full_rank_at.as_millis() as u64,
         rank_95_ms = rank_95_at.unwrap_or(full_rank_at).as_millis() as u64,
         stale_total = counters.dropped_stale.load(Ordering::Relaxed),
+        redundant_from_server = ?redundant.server,
+        redundant_from_peers = ?redundant.peers,
         timeline = %timeline,
         "segment decoded"
     );
     live.rank.store(decoder.rank(), Ordering::Relaxed);
     Ok(Outcome::Decoded)
+}
+
+/// Redundant packets of a session by origin and form (systematic, coded from a seed, recoded), for
+/// the debug log: which senders waste the receiver's downlink.
+#[derive(Default)]
+struct RedundantKinds {
+    server: [u32; 3],
+    peers: [u32; 3],
+}
+
+impl RedundantKinds {
+    fn record(&mut self, origin: Origin, payload: &[u8]) {
+        let flags = payload.get(1).copied().unwrap_or(0);
+        let form = if flags & snc::packet::FLAG_SYSTEMATIC != 0 {
+            0
+        } else if flags & snc::packet::FLAG_RECODED != 0 {
+            2
+        } else {
+            1
+        };
+        match origin {
+            Origin::Server => self.server[form] += 1,
+            Origin::Peer => self.peers[form] += 1,
+        }
+    }
 }
 
 /// Packets accepted per [`Timeline::BIN`] of a session, from the server and from peers, and how many
