@@ -710,6 +710,52 @@ fn receiver_reports_of_loss_slow_the_stream_down() {
     exit(shard);
 }
 
+#[test]
+fn fresh_packets_in_flight_stay_under_half_the_askers_deficit() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.part");
+    let data = content(SEGMENT, "fresh window");
+    std::fs::write(&output, &data).unwrap();
+    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let needed = segment_layout(&m, 0).unwrap().source_count();
+    let shard = start_shard("127.78.11.1", m, &output, None);
+    let (socket, to) = receiver("127.78.11.2");
+    let id = stream(1, 1);
+    shard.handle.send(ServeCommand::Completed { segment: 0 });
+    shard.handle.send(ServeCommand::Start {
+        stream: id,
+        segment: 0,
+        key: KEY,
+        to,
+        source: ServeSource::Encode,
+    });
+    // Before any report the stream sends at its rate (100 Mbit/s: hundreds of packets in 100 ms).
+    let (first, _) = count_arrivals(&socket, Duration::from_millis(100));
+    assert!(
+        first > 2 * u64::from(needed),
+        "only {first} packets before a report"
+    );
+    // The asker got them all and lacks 10 symbols: at most 5 + the slack more may be in flight.
+    let deficit = 10;
+    shard.handle.send(ServeCommand::Report {
+        stream: id,
+        stats: ccfd_proto::ReceiverStats {
+            receive_rate_bps: 50_000_000,
+            received_packets: first,
+            decoded_rank: needed - deficit,
+            ..Default::default()
+        },
+    });
+    // Unbounded, 300 ms at 100 Mbit/s are ~3,000 packets; the window lets through 5 + 64 (plus
+    // what the shard sent before the report reached it, a few batches on a busy machine).
+    let (after, _) = count_arrivals(&socket, Duration::from_millis(300));
+    assert!(
+        after < 400,
+        "{after} packets after a report of a deficit of {deficit}"
+    );
+    exit(shard);
+}
+
 /// CPU time (user + system) of this process's thread named `name`, from /proc (10 ms ticks).
 fn thread_cpu(name: &str) -> Option<Duration> {
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {

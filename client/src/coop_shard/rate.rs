@@ -46,6 +46,8 @@
 //!   last sent says nothing about the asker's downlink, and the asker now needs from us what the
 //!   server no longer sends anyone (loss cuts the rate if the downlink is full).
 //! - [`fair_shares`]: the upload cap split max-min fairly over the streams' demands.
+//! - [`FreshWindow`]: a stream's fresh (non-relayed) packets in flight stay under half of what
+//!   the asker still lacks.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -286,6 +288,91 @@ impl RateController {
     }
 }
 
+/// Packets a [`FreshWindow`] allows beyond its share of the asker's deficit (one GSO batch).
+pub const FRESH_WINDOW_SLACK: u64 = 64;
+
+/// Reports with no new packet while the [`FreshWindow`] was shut after which the packets in
+/// flight count as lost (the window opens again).
+pub const FRESH_WINDOW_LOSS_REPORTS: u32 = 2;
+
+/// The in-flight cap of a stream's *fresh* packets (encoded from our copy, or fresh recodings of
+/// a decoded segment's buffer), from the asker's reports: packets received from us and its rank.
+///
+/// Relayed arrivals are each innovative to the asker (the server handed each source symbol to
+/// one receiver); fresh packets are random combinations, and every peer that holds the segment
+/// sends them to the asker at once. Unbounded, three peers sent a laggard 3 x 100 Mbit/s of them
+/// at the end of each segment (lab, N=4): its downlink overflowed (the relays and the server's
+/// packets it still needed were lost with the rest) and it decoded with 20-38 % overhead. With
+/// the asker's last report giving `received` packets of ours and rank `rank` of the `needed`,
+/// the stream may send while `sent < received + lost + (needed - rank) / 2 + FRESH_WINDOW_SLACK`
+/// (`sent` counts every packet of the stream, relays too, as `received` does): what is in flight
+/// from us never exceeds half of what the asker still lacks. Packets lost on the way would keep
+/// it shut: after [`FRESH_WINDOW_LOSS_REPORTS`] reports without a new packet while it was shut,
+/// the packets in flight count as lost. Before the first report it is open.
+#[derive(Debug, Clone)]
+pub struct FreshWindow {
+    needed: u64,
+    received: u64,
+    rank: u64,
+    lost: u64,
+    reported: bool,
+    shut_since_report: bool,
+    quiet_reports: u32,
+}
+
+impl FreshWindow {
+    /// A window for an asker that must reach rank `needed` (the segment's source symbols).
+    pub fn new(needed: u32) -> Self {
+        Self {
+            needed: u64::from(needed),
+            received: 0,
+            rank: 0,
+            lost: 0,
+            reported: false,
+            shut_since_report: false,
+            quiet_reports: 0,
+        }
+    }
+
+    /// Fresh packets that may be sent now, `sent` packets of the stream (relays and fresh) having
+    /// gone out so far.
+    pub fn allowance(&mut self, sent: u64) -> u64 {
+        if !self.reported {
+            return u64::MAX;
+        }
+        let deficit = self.needed.saturating_sub(self.rank);
+        let limit = self.received + self.lost + deficit / 2 + FRESH_WINDOW_SLACK;
+        let allowed = limit.saturating_sub(sent);
+        if allowed == 0 {
+            self.shut_since_report = true;
+        }
+        allowed
+    }
+
+    /// The asker reports `received` packets of this stream so far and rank `rank`; `sent` of
+    /// the stream's packets had gone out. A report of no packet at all says nothing of the
+    /// asker's progress (askers report a source once its first packet arrived): ignored.
+    pub fn on_report(&mut self, received: u64, rank: u32, sent: u64) {
+        if received == 0 {
+            return;
+        }
+        let in_flight = sent.saturating_sub(received + self.lost);
+        if self.shut_since_report && received <= self.received && in_flight > 0 {
+            self.quiet_reports += 1;
+            if self.quiet_reports >= FRESH_WINDOW_LOSS_REPORTS {
+                self.lost += in_flight;
+                self.quiet_reports = 0;
+            }
+        } else {
+            self.quiet_reports = 0;
+        }
+        self.reported = true;
+        self.received = self.received.max(received);
+        self.rank = self.rank.max(u64::from(rank));
+        self.shut_since_report = false;
+    }
+}
+
 /// Max-min fair split of `cap_bps` over `demands_bps` (water filling): streams that want less than
 /// an equal share get what they want, the rest share what is left equally. Without a cap every
 /// stream gets its demand.
@@ -345,6 +432,49 @@ mod tests {
         let all = slow.available(10 * SEC);
         slow.consume(all);
         assert_eq!(slow.wait_ns(10 * SEC, DGRAM), DGRAM as u64 * 8 * 1000);
+    }
+
+    #[test]
+    fn fresh_packets_in_flight_stay_under_half_the_askers_deficit() {
+        let mut w = FreshWindow::new(1000);
+        // Before any report: open.
+        assert_eq!(w.allowance(0), u64::MAX);
+        // 600 relays sent, 500 received, rank 700: 300 lacking, at most 150 (+ slack) in flight.
+        w.on_report(500, 700, 600);
+        assert_eq!(w.allowance(600), 500 + 150 + FRESH_WINDOW_SLACK - 600);
+        assert_eq!(w.allowance(714), 0);
+        // The asker got them all and nears full rank: the window narrows with its deficit.
+        w.on_report(714, 980, 714);
+        assert_eq!(w.allowance(714), 10 + FRESH_WINDOW_SLACK);
+        // Full rank: only the slack.
+        w.on_report(788, 1000, 788);
+        assert_eq!(w.allowance(788), FRESH_WINDOW_SLACK);
+        // An older report (out of order) does not move it back.
+        w.on_report(700, 900, 788);
+        assert_eq!(w.allowance(788), FRESH_WINDOW_SLACK);
+    }
+
+    #[test]
+    fn a_shut_fresh_window_reopens_when_its_packets_were_lost() {
+        let mut w = FreshWindow::new(1000);
+        // A report of nothing received tells nothing: still open.
+        w.on_report(0, 0, 5000);
+        assert_eq!(w.allowance(5000), u64::MAX);
+        w.on_report(1, 0, 1);
+        let first = w.allowance(1);
+        assert_eq!(first, 500 + FRESH_WINDOW_SLACK);
+        let sent = first + 1;
+        assert_eq!(w.allowance(sent), 0);
+        // Only 100 arrive; then nothing more while shut.
+        w.on_report(100, 100, sent);
+        assert_eq!(w.allowance(sent), 100 + 450 + FRESH_WINDOW_SLACK - sent);
+        let sent = sent + w.allowance(sent);
+        assert_eq!(w.allowance(sent), 0);
+        w.on_report(100, 100, sent);
+        assert_eq!(w.allowance(sent), 0, "one quiet report is not enough");
+        w.on_report(100, 100, sent);
+        // Everything in flight counted as lost: open by the deficit's half again.
+        assert_eq!(w.allowance(sent), 450 + FRESH_WINDOW_SLACK);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use snc::packet::{self, PacketKind};
 use snc::prng::Prng;
 use snc::Layout;
 
-use super::rate::{fair_shares, Pacer, RateController, INITIAL_RATE_BPS};
+use super::rate::{fair_shares, FreshWindow, Pacer, RateController, INITIAL_RATE_BPS};
 use super::source::{segment_layout, OutputMap, RecodeBuffer, SegmentCoder};
 use super::{ServeCommand, ServeSetup, StreamId};
 use crate::error::ClientError;
@@ -68,6 +68,8 @@ struct ServeStream {
     waited_backlog: u64,
     pacer: Pacer,
     control: RateController,
+    /// Caps its fresh packets in flight by the asker's deficit.
+    fresh_window: FreshWindow,
     packets: u64,
     bytes: u64,
     started_ns: u64,
@@ -196,6 +198,7 @@ impl Shard {
                 }
             }
             self.collect_built();
+            self.release_decoded();
             self.drain_queue();
             let timeout = self.send_round()?;
             if let Err(error) = self.ring.wait(Some(timeout)) {
@@ -379,6 +382,7 @@ impl Shard {
             rate_bps = initial,
             "peer stream started"
         );
+        let layout_source_count = layout.source_count();
         let mut control = RateController::new(initial, now);
         control.set_arrival_driven(source == ServeSource::Recode);
         control.set_datagram_bytes(DataPacket::sealed_len(packet::max_len(&layout)));
@@ -397,6 +401,7 @@ impl Shard {
             waited_backlog: 0,
             pacer: Pacer::new(initial, min_burst, now),
             control,
+            fresh_window: FreshWindow::new(layout_source_count),
             packets: 0,
             bytes: 0,
             started_ns: now,
@@ -411,6 +416,13 @@ impl Shard {
             return;
         };
         let before = stream.control.rate_bps();
+        // The stream's packets since the receiver's tally for the session started: a replaced
+        // stream's `seq` goes on, and so does the tally.
+        stream.fresh_window.on_report(
+            stats.received_packets,
+            stats.decoded_rank,
+            u64::from(stream.seq),
+        );
         let change = stream.control.on_report(stats, now);
         let after = stream.control.rate_bps();
         if before != after {
@@ -544,6 +556,20 @@ impl Shard {
         }
     }
 
+    /// Drops the kept buffer of a decoded segment once its encoder is built and no stream of it
+    /// still has arrivals to relay.
+    fn release_decoded(&mut self) {
+        let Some(b) = self.decoded.as_ref() else {
+            return;
+        };
+        if !self.coders.contains_key(&b.segment) {
+            return;
+        }
+        if !self.streams.iter().any(|s| relay_pending(s, b)) {
+            self.decoded = None;
+        }
+    }
+
     /// Takes the encoders the helper threads finished.
     fn collect_built(&mut self) {
         while let Ok((segment, built)) = self.built_rx.try_recv() {
@@ -552,9 +578,7 @@ impl Shard {
                 Ok(coder) => {
                     tracing::debug!(segment, "encoder of a complete segment built");
                     self.coders.insert(segment, coder);
-                    if self.decoded.as_ref().is_some_and(|b| b.segment == segment) {
-                        self.decoded = None;
-                    }
+                    self.release_decoded();
                 }
                 Err(error) => {
                     tracing::warn!(segment, %error, "cannot encode from our copy");
@@ -653,6 +677,16 @@ impl Shard {
         };
         let coder = if completed.contains(&stream.segment) {
             match coders.get(&stream.segment) {
+                // Arrivals it has not relayed yet go first, even once the segment is encodable:
+                // each is innovative to the asker (the server gave it to us alone), a fresh
+                // coded packet only while the asker lacks rank in its subgeneration.
+                Some(_)
+                    if segment_buffer
+                        .as_ref()
+                        .is_some_and(|b| relay_pending(stream, b)) =>
+                {
+                    None
+                }
                 Some(coder) => Some(coder),
                 None if segment_buffer.as_ref().is_some_and(|b| b.decoded) => None,
                 None => return Ok(Batch::Starved),
@@ -743,6 +777,14 @@ impl Shard {
                 return Ok(Batch::Wait(cap.wait_ns(now, target * dgram).max(1)));
             }
             n = n.min(allowed);
+        }
+        if buffer.is_none() || fresh {
+            // Fresh packets: no more in flight than half of what the asker lacks.
+            let allowed = stream.fresh_window.allowance(u64::from(stream.seq));
+            if allowed == 0 {
+                return Ok(Batch::Starved);
+            }
+            n = n.min(usize::try_from(allowed).unwrap_or(usize::MAX));
         }
         let mut out = match ring.send_buffer(*socket, stream.to, dgram) {
             Ok(out) => out,
@@ -845,4 +887,14 @@ impl Shard {
         Counters::add(&counters.bytes_to_peers, (sent * payload_len) as u64);
         Ok(Batch::Sent)
     }
+}
+
+/// Whether `stream` has arrivals of `buffer` it has not relayed yet (it relays that buffer: same
+/// generation).
+fn relay_pending(stream: &ServeStream, buffer: &RecodeBuffer) -> bool {
+    stream.segment == buffer.segment
+        && stream.generation == buffer.generation
+        && buffer
+            .next_arrival_for(stream.cursor, stream.to.ip())
+            .is_some()
 }
