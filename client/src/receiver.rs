@@ -454,6 +454,8 @@ fn receive(
         ring.wait(Some(WAIT)).map_err(ring_error)?;
         let mut more = true;
         while more && !complete {
+            // One clock read per batch for the timeline (its bins are 50 ms).
+            let batch_at = started.elapsed();
             let processed = ring
                 .process(BATCH, |datagram| {
                     if datagram.socket != socket {
@@ -528,7 +530,7 @@ fn receive(
                         }
                     }
                     Counters::add(&counters.packets_accepted, 1);
-                    timeline.record(started.elapsed(), header.origin, innovative);
+                    timeline.record(batch_at, header.origin, innovative);
                     match header.origin {
                         Origin::Server => {
                             Counters::add(&counters.bytes_from_server, payload.len() as u64);
