@@ -5,7 +5,15 @@
 //! the default band code (subgenerations of 64, stride 16, default check count, `--density`
 //! coefficients; `sparse` in the output says whether the layout's coded packets are sparse):
 //! * `encode_mbps`: symbol bytes written per second by `Encoder::write_next` for the packets
-//!   of one decode (median of `--runs`);
+//!   of one decode, each into its own slot of a store holding all of them (tens of MB for a
+//!   32 MiB segment: every packet costs a fresh cache-line fill and write-back; the store is
+//!   what the decode runs are fed from) (median of `--runs`);
+//! * `encode_batch_mbps`: the same packets of the same stream written by `Encoder::write_next`
+//!   into one reused send-buffer-sized batch (`ccfd_ring::SEND_BUFFER_SIZE` bytes holding
+//!   `ccfd_ring::max_datagrams` datagrams of `DataPacket::sealed_len` bytes, each packet at
+//!   `DATA_HEADER_LEN` inside its datagram), refilled from its start once full: the server's
+//!   pattern (a shard writes a GSO batch into a recycled ring send buffer, packet by packet, with
+//!   `Encoder::write`); sealing (MAC) and sending are not timed (median of `--runs`);
 //! * `decode_mbps`: segment bytes per second of `Decoder::new` plus every push until complete,
 //!   over the packets that survived the loss (median of `--runs`, single thread);
 //! * `recode_mbps`: symbol bytes per second of `K` packets written by `Recoder::recode` from a
@@ -97,6 +105,9 @@ struct Report {
     sparse: bool,
     encode_mbps: f64,
     encode_cpu_mbps: f64,
+    encode_batch_mbps: f64,
+    encode_batch_cpu_mbps: f64,
+    batch_datagrams: usize,
     decode_mbps: f64,
     decode_cpu_mbps: f64,
     recode_mbps: Option<f64>,
@@ -223,6 +234,40 @@ fn encode(
     Ok((d, wall, cpu))
 }
 
+/// Writes `count` packets of the stream keyed by `seed` the way a server shard does: into one
+/// reused send buffer of `ccfd_ring::SEND_BUFFER_SIZE` bytes, `ccfd_ring::max_datagrams`
+/// datagrams at a time, each packet after its data header. Returns the datagrams per batch and
+/// the time spent writing.
+fn encode_batch(
+    enc: &Encoder<'_>,
+    seed: u64,
+    count: usize,
+) -> anyhow::Result<(usize, Duration, Duration)> {
+    use ccfd_proto::data::{DataPacket, DATA_HEADER_LEN};
+    let payload = packet::max_len(enc.layout());
+    let dgram = DataPacket::sealed_len(payload);
+    let per_batch = ccfd_ring::max_datagrams(dgram).min(ccfd_ring::MAX_SEGMENTS);
+    if per_batch == 0 {
+        bail!("a {dgram}-byte datagram does not fit a send buffer");
+    }
+    let mut buffer = vec![1u8; ccfd_ring::SEND_BUFFER_SIZE];
+    let mut stream = Stream::new(seed);
+    let (r, wall, cpu) = timed(|| -> anyhow::Result<()> {
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(per_batch);
+            for d in buffer.chunks_exact_mut(dgram).take(n) {
+                enc.write_next(&mut stream, &mut d[DATA_HEADER_LEN..][..payload])?;
+            }
+            std::hint::black_box(&mut buffer);
+            left -= n;
+        }
+        Ok(())
+    });
+    r?;
+    Ok((per_batch, wall, cpu))
+}
+
 /// Packets the encoder makes per decode attempt: enough for the worst overhead seen.
 fn packets_for(layout: &Layout, loss_pct: u64, overhead: f64) -> usize {
     let k = layout.source_count() as f64;
@@ -319,6 +364,9 @@ fn run_config(
     // Timed full encode + decode runs.
     let mut enc_rates = Vec::new();
     let mut enc_cpu = Vec::new();
+    let mut batch_rates = Vec::new();
+    let mut batch_cpu = Vec::new();
+    let mut batch_datagrams = 0;
     let mut dec_rates = Vec::new();
     let mut dec_cpu = Vec::new();
     let mut copy_rates = Vec::new();
@@ -334,6 +382,11 @@ fn run_config(
         let produced = count as u64 * args.symbol_size as u64;
         enc_rates.push(mbps(produced, wall));
         enc_cpu.push(mbps(produced, cpu));
+        // The same packets into one reused send buffer (the server's pattern).
+        let (per_batch, wall, cpu) = encode_batch(&enc, seed, count)?;
+        batch_datagrams = per_batch;
+        batch_rates.push(mbps(produced, wall));
+        batch_cpu.push(mbps(produced, cpu));
         // Baseline in the same conditions: one copy of the segment.
         out.fill(0xFF);
         let ((), copy_wall, _) = timed(|| out.copy_from_slice(&data));
@@ -396,6 +449,9 @@ fn run_config(
         sparse: layout.sparse(),
         encode_mbps: median(enc_rates),
         encode_cpu_mbps: median(enc_cpu),
+        encode_batch_mbps: median(batch_rates),
+        encode_batch_cpu_mbps: median(batch_cpu),
+        batch_datagrams,
         decode_mbps: median(dec_rates),
         decode_cpu_mbps: median(dec_cpu),
         recode_mbps: Some(median(rec_rates)),

@@ -1,7 +1,11 @@
 //! Encoder and recoder throughput.
 //!
 //! * `encode/<field>/<size>/stream`: 64 consecutive packets of one stream per iteration (each
-//!   packet jumps to its scheduled subgeneration).
+//!   packet jumps to its scheduled subgeneration), written by `Encoder::write_next` into one
+//!   reused batch buffer of 64 `packet::max_len` slots (~82 KiB), refilled every iteration: the
+//!   server's pattern (a shard writes each GSO batch, up to 49 datagrams of 1280-byte symbols,
+//!   into a recycled 64 KiB ring send buffer). `ccfd-perf codec` reports this pattern as
+//!   `encode_batch_mbps` next to `encode_mbps` (every packet of a decode into its own slot).
 //! * `encode/<field>/<size>/fanout16`: 4 rounds of one packet for each of 16 receivers sharing a
 //!   schedule key, so each subgeneration window is read once per round (L2 locality).
 //! * `encode_setup/<field>/<size>`: `Encoder::new` (check symbols), throughput = segment bytes.
