@@ -437,6 +437,8 @@ fn receive(
     let mut complete = decoder.is_solved();
     let started = Instant::now();
     let mut last_push = Duration::ZERO;
+    // The boundary diagnostics below are kept only when the debug line that shows them is on.
+    let traced = tracing::enabled!(tracing::Level::DEBUG);
     let mut timeline = Timeline::default();
     let mut redundant = RedundantKinds::default();
     let rank_95 = layout.source_count().saturating_mul(19) / 20;
@@ -455,7 +457,11 @@ fn receive(
         let mut more = true;
         while more && !complete {
             // One clock read per batch for the timeline (its bins are 50 ms).
-            let batch_at = started.elapsed();
+            let batch_at = if traced {
+                started.elapsed()
+            } else {
+                Duration::ZERO
+            };
             let processed = ring
                 .process(BATCH, |datagram| {
                     if datagram.socket != socket {
@@ -520,7 +526,9 @@ fn receive(
                         }
                         Ok(Progress::Redundant) => {
                             innovative = false;
-                            redundant.record(header.origin, payload);
+                            if traced {
+                                redundant.record(header.origin, payload);
+                            }
                             Counters::add(&counters.packets_redundant, 1)
                         }
                         Ok(Progress::Innovative) => {}
@@ -530,7 +538,9 @@ fn receive(
                         }
                     }
                     Counters::add(&counters.packets_accepted, 1);
-                    timeline.record(batch_at, header.origin, innovative);
+                    if traced {
+                        timeline.record(batch_at, header.origin, innovative);
+                    }
                     match header.origin {
                         Origin::Server => {
                             Counters::add(&counters.bytes_from_server, payload.len() as u64);
@@ -584,7 +594,7 @@ fn receive(
             more = processed.more;
         }
         live.rank.store(decoder.rank(), Ordering::Relaxed);
-        if rank_95_at.is_none() && decoder.rank() >= rank_95 {
+        if traced && rank_95_at.is_none() && decoder.rank() >= rank_95 {
             rank_95_at = Some(started.elapsed());
         }
         live.dropped.store(dropped_here, Ordering::Relaxed);
