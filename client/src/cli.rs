@@ -95,10 +95,11 @@ pub struct CoopArgs {
     #[arg(long)]
     pub no_coop: bool,
     /// Upload cap over everything sent to peers, e.g. `200mbit`, `1gbit`, `750kbit` (bits per
-    /// second, like the server's --max-rate). Default: unlimited.
+    /// second of wire bytes, each datagram with its IP, UDP and Ethernet headers: the link's rate,
+    /// like the server's --max-rate). Default: unlimited.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub upload_rate: Option<u64>,
-    /// Download budget, same syntax: what each peer source is told we take is capped at its share of
+    /// Download budget, same syntax and counting (wire bytes): what each peer source is told we take is capped at its share of
     /// what the budget leaves after the server's rate. Default: none.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub download_rate: Option<u64>,

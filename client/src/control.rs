@@ -348,7 +348,16 @@ impl StatsSampler {
     /// Statistics of session `expected` (the one the download heartbeats for): zeros until the
     /// decoder thread receives it (the counters of the session before must not be reported for it:
     /// the server's send window trusts them).
-    fn sample(&mut self, now: Instant, live: &LiveSession, expected: Option<u32>) -> ReceiverStats {
+    ///
+    /// The receive rate counts wire bytes (data header, MAC and the IP/UDP/Ethernet headers of
+    /// `family`'s datagrams added to the codec bytes), as the server's pacer does.
+    fn sample(
+        &mut self,
+        now: Instant,
+        live: &LiveSession,
+        expected: Option<u32>,
+        family: IpAddr,
+    ) -> ReceiverStats {
         let session = live.session.load(Ordering::Relaxed);
         if !live.active.load(Ordering::Relaxed) || expected != Some(session) {
             return ReceiverStats::default();
@@ -380,7 +389,13 @@ impl StatsSampler {
         if since >= interval {
             self.sampled = true;
             let seconds = since.as_secs_f64();
-            let rate = (bytes.saturating_sub(self.bytes) * 8) as f64 / seconds;
+            let wire = ccfd_proto::pacing::wire_bytes(
+                bytes.saturating_sub(self.bytes),
+                packets.saturating_sub(self.packets),
+                ccfd_proto::DATA_OVERHEAD,
+                family,
+            );
+            let rate = (wire * 8) as f64 / seconds;
             let expected = span.saturating_sub(self.span);
             let got = packets.saturating_sub(self.packets).min(expected);
             let loss_ppm = ((expected - got) * 1_000_000)
@@ -625,7 +640,7 @@ async fn drive(
         }
         let now = Instant::now();
         let expected = download.current_session().map(|m| m.session.0);
-        download.update_stats(sampler.sample(now, live, expected));
+        download.update_stats(sampler.sample(now, live, expected, plan.receive_addr.ip()));
         if download.poll_timeout().is_some_and(|at| at <= now) {
             download.handle_timeout(now);
         }

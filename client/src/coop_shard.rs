@@ -238,7 +238,8 @@ fn ring_config() -> RingConfig {
         .send_buffers(128)
 }
 
-/// Send buffer of the shard's socket (`SO_SNDBUF`, clamped by `net.core.wmem_max`): larger than
+/// Send buffer of the shard's socket (`SO_SNDBUFFORCE`, else `SO_SNDBUF` clamped by
+/// `net.core.wmem_max`): larger than
 /// an uplink's qdisc queue, so a full queue never parks sends in io_uring, whose retries then
 /// overtook later sends (receivers took the reordering for 20-70 % loss and cut our rates).
 const SEND_BUFFER_BYTES: usize = 4 << 20;

@@ -259,7 +259,8 @@ pub struct ReceiverStats {
     pub received_bytes: u64,
     /// Packets dropped (malformed, bad MAC, wrong session) so far.
     pub dropped_packets: u64,
-    /// Receive rate over the last interval, bits per second.
+    /// Receive rate over the last interval, bits per second of wire bytes (each datagram with its
+    /// IP/UDP/Ethernet headers, [`crate::pacing::wire_bytes`]), as senders pace.
     pub receive_rate_bps: u64,
     /// Loss over the last interval in parts per million (from data-packet sequence gaps).
     pub loss_ppm: u32,

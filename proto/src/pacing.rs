@@ -5,7 +5,12 @@
 //! small at low rates and packets are spread, not burst. `now` is nanoseconds on any monotonic
 //! clock; no clock is read here. The server paces each receiver with one, the client's
 //! cooperation shard each peer stream and its upload cap.
+//!
+//! Every rate here counts *wire bytes*: each datagram's UDP payload plus its IP, UDP and Ethernet
+//! headers ([`wire_len`]), so `--max-rate 200mbit` fills a 200 Mbit/s link and no more. Rates
+//! receivers report back ([`wire_bytes`]) count the same way, so controllers compare like with like.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Traffic a receiver's bucket may send back to back: small enough that switch buffers do not
@@ -14,6 +19,39 @@ use std::time::Duration;
 pub const BURST_WINDOW: Duration = Duration::from_millis(8);
 
 const NANOS_PER_SEC: f64 = 1e9;
+
+/// Bytes an IPv4 UDP datagram takes on an Ethernet link beyond its UDP payload: IPv4 header (20),
+/// UDP header (8) and Ethernet header (14), what a link's shaper (e.g. tbf) counts. GSO does not
+/// change it: every segment leaves as its own frame with its own headers.
+pub const IPV4_WIRE_OVERHEAD: usize = 20 + 8 + 14;
+
+/// Like [`IPV4_WIRE_OVERHEAD`] for IPv6: IPv6 header (40), UDP header (8), Ethernet header (14).
+pub const IPV6_WIRE_OVERHEAD: usize = 40 + 8 + 14;
+
+/// Header bytes a datagram to or from `ip` adds on the wire ([`IPV4_WIRE_OVERHEAD`] or
+/// [`IPV6_WIRE_OVERHEAD`]; an IPv4-mapped IPv6 address travels as IPv4).
+pub fn wire_overhead(ip: IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(_) => IPV4_WIRE_OVERHEAD,
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => IPV4_WIRE_OVERHEAD,
+        IpAddr::V6(_) => IPV6_WIRE_OVERHEAD,
+    }
+}
+
+/// Wire bytes of one datagram of `udp_payload_len` bytes to or from `ip`: what every pacer and rate
+/// cap counts.
+pub fn wire_len(udp_payload_len: usize, ip: IpAddr) -> usize {
+    udp_payload_len + wire_overhead(ip)
+}
+
+/// Wire bytes of `datagrams` datagrams from `ip` that carried `bytes` bytes of which
+/// `per_datagram_extra` per datagram were not counted in `bytes` (e.g. the data header and MAC
+/// when `bytes` counts codec payload): how a receiver turns what it counted into the wire rate it
+/// reports.
+pub fn wire_bytes(bytes: u64, datagrams: u64, per_datagram_extra: usize, ip: IpAddr) -> u64 {
+    let per_datagram = (per_datagram_extra + wire_overhead(ip)) as u64;
+    bytes.saturating_add(datagrams.saturating_mul(per_datagram))
+}
 
 /// A token bucket in bytes, refilled continuously at `rate` bits per second.
 #[derive(Debug, Clone)]
@@ -118,6 +156,53 @@ mod tests {
             now += 100_000;
         }
         sent
+    }
+
+    #[test]
+    fn a_link_rate_bucket_passes_the_link_rate_in_frames() {
+        // 200 Mbit/s of wire: datagrams of 1330 bytes (1372 on the wire over IPv4) pass at
+        // 200e6 / 8 / 1372 per second, not 200e6 / 8 / 1330.
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(wire_len(1330, v4), 1372);
+        assert_eq!(wire_len(1330, v6), 1392);
+        assert_eq!(wire_len(1330, mapped), 1372);
+        for (ip, frame) in [(v4, 1372.0), (v6, 1392.0)] {
+            let wire = wire_len(1330, ip);
+            let mut bucket = TokenBucket::new(200_000_000, wire, 0);
+            let mut datagrams = 0u64;
+            let mut now = 0;
+            while now < SEC {
+                let n = batch_datagrams(&mut bucket, now, wire, 64);
+                bucket.consume(n * wire);
+                datagrams += n as u64;
+                now += 100_000;
+            }
+            let expected = 200e6 / 8.0 / frame;
+            let err = (datagrams as f64 - expected).abs() / expected;
+            assert!(
+                err < 0.01,
+                "{ip}: {datagrams} datagrams in 1 s, {expected:.0} expected"
+            );
+        }
+    }
+
+    #[test]
+    fn receivers_count_the_wire_bytes_senders_paced() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        // 1000 datagrams of 1298 codec bytes each, 32 bytes of data header and MAC not counted.
+        assert_eq!(
+            wire_bytes(1_298_000, 1000, 32, v4),
+            1000 * wire_len(1330, v4) as u64
+        );
+        assert_eq!(
+            wire_bytes(1_298_000, 1000, 32, v6),
+            1000 * wire_len(1330, v6) as u64
+        );
+        assert_eq!(wire_bytes(0, 0, 32, v4), 0);
+        assert_eq!(wire_bytes(u64::MAX, 1, 0, v4), u64::MAX);
     }
 
     #[test]

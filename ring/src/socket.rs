@@ -11,6 +11,12 @@ use crate::RingError;
 
 /// `SO_RCVBUFFORCE` (needs CAP_NET_ADMIN; ignores `net.core.rmem_max`).
 const SO_RCVBUFFORCE: i32 = 33;
+/// `SO_SNDBUFFORCE` (needs CAP_NET_ADMIN; ignores `net.core.wmem_max`).
+const SO_SNDBUFFORCE: i32 = 32;
+
+/// Whether a socket got less send buffer than asked for (warned once per process).
+static SEND_BUFFER_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Default receive buffer asked for: 16 MiB (about 7000 queued 1280-byte datagrams).
 pub const DEFAULT_RECV_BUFFER: usize = 16 << 20;
@@ -24,7 +30,8 @@ pub struct SocketConfig {
     /// capped by `net.core.rmem_max`; a warning is logged when the kernel gives less).
     pub recv_buffer: usize,
     /// Send buffer, or `None` for the system default (which keeps kernel backpressure behind a
-    /// shaping qdisc).
+    /// shaping qdisc); like the receive buffer, `SO_SNDBUFFORCE` when privileged, else
+    /// `SO_SNDBUF` capped by `net.core.wmem_max` (a warning, once, when the kernel gives less).
     pub send_buffer: Option<usize>,
     /// Enable UDP GRO (coalesced bursts, split again by the ring).
     pub gro: bool,
@@ -103,11 +110,13 @@ impl SocketConfig {
                 .map_err(|e| RingError::io(op("SO_REUSEPORT"), e))?;
         }
         let recv_buffer = set_recv_buffer(&socket, self.recv_buffer, self.addr);
-        if let Some(bytes) = self.send_buffer {
-            socket
-                .set_send_buffer_size(bytes)
-                .map_err(|e| RingError::io(op("SO_SNDBUF"), e))?;
-        }
+        let send_buffer = match self.send_buffer {
+            Some(bytes) => Some(
+                set_send_buffer(&socket, bytes, self.addr)
+                    .map_err(|e| RingError::io(op("SO_SNDBUF"), e))?,
+            ),
+            None => None,
+        };
         socket
             .bind(&self.addr.into())
             .map_err(|e| RingError::io(op("bind"), e))?;
@@ -123,7 +132,7 @@ impl SocketConfig {
         let local = socket
             .local_addr()
             .map_err(|e| RingError::io(op("getsockname"), e))?;
-        tracing::debug!(%local, gro, gso, recv_buffer, "udp socket bound");
+        tracing::debug!(%local, gro, gso, recv_buffer, ?send_buffer, "udp socket bound");
         Ok(BoundSocket {
             socket,
             local,
@@ -131,6 +140,7 @@ impl SocketConfig {
             gso,
             receive: self.receive,
             recv_buffer,
+            send_buffer,
         })
     }
 }
@@ -144,6 +154,7 @@ pub struct BoundSocket {
     pub(crate) gso: bool,
     pub(crate) receive: bool,
     pub(crate) recv_buffer: usize,
+    pub(crate) send_buffer: Option<usize>,
 }
 
 impl BoundSocket {
@@ -165,6 +176,12 @@ impl BoundSocket {
     /// The receive buffer the kernel reports (it doubles the value asked for).
     pub fn recv_buffer(&self) -> usize {
         self.recv_buffer
+    }
+
+    /// The send buffer the kernel reports (it doubles the value asked for), `None` when the
+    /// system default was kept.
+    pub fn send_buffer(&self) -> Option<usize> {
+        self.send_buffer
     }
 
     /// The plain std socket (nonblocking), for code that does not use a ring (e.g. baselines).
@@ -208,6 +225,34 @@ fn set_recv_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> usize {
     got
 }
 
+/// Asks for `want` bytes of send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`); returns what the
+/// kernel reports, and warns once per process when that is less than asked for.
+fn set_send_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> io::Result<usize> {
+    let want_int = i32::try_from(want).unwrap_or(i32::MAX);
+    if set_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_SNDBUFFORCE,
+        want_int,
+    )
+    .is_err()
+    {
+        socket.set_send_buffer_size(want)?;
+    }
+    let got = socket.send_buffer_size().unwrap_or(0);
+    // As for the receive buffer: below the request itself means the wmem_max cap applied.
+    if got < want && !SEND_BUFFER_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            %addr,
+            requested = want,
+            effective = got,
+            "send buffer smaller than requested: raise net.core.wmem_max \
+             (sysctl -w net.core.wmem_max=8388608) or grant CAP_NET_ADMIN"
+        );
+    }
+    Ok(got)
+}
+
 /// `setsockopt` with an int value.
 pub(crate) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: passes a pointer to a live i32 and its exact size; the kernel only reads it.
@@ -224,5 +269,26 @@ pub(crate) fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_buffer_got_is_reported() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let default = SocketConfig::new(addr).bind().unwrap();
+        assert_eq!(default.send_buffer(), None);
+        // 64 KiB is under any stock net.core.wmem_max: granted (the kernel reports it doubled).
+        let sized = SocketConfig::new(addr)
+            .send_buffer(Some(64 << 10))
+            .bind()
+            .unwrap();
+        let got = sized.send_buffer().unwrap();
+        assert!(got >= 64 << 10, "got {got}");
+        let kernel = socket2::SockRef::from(&sized.socket);
+        assert_eq!(kernel.send_buffer_size().unwrap(), got);
     }
 }

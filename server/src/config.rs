@@ -74,7 +74,8 @@ pub struct Cli {
     /// Number of sending shards (pinned threads) [default: number of cores].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// Total egress cap in bits per second, e.g. 500mbit, 2gbit [default: none].
+    /// Total egress cap in bits per second of wire bytes (each datagram with its IP, UDP and
+    /// Ethernet headers: the link's rate), e.g. 500mbit, 2gbit [default: none].
     #[arg(long, value_name = "RATE")]
     pub max_rate: Option<BitRate>,
     /// TOML config file; command-line values override it.

@@ -1,6 +1,8 @@
 //! Pacing: how many bytes a shard may send now, per receiver and in total.
 //!
 //! Pure logic over simulated time (`now` is nanoseconds on any monotonic clock); no clock is read here.
+//! Every rate and byte count here is in wire bytes ([`wire_len`]: each datagram with its IP, UDP
+//! and Ethernet headers), as `--max-rate` and the receivers' reported rates are.
 //!
 //! - The receivers' rates come from the session table (`ccfd_proto::SessionTable`): it adapts each
 //!   receiver's demand to the loss and receive rate of its heartbeats (cut on loss, grow while loss is low)
@@ -20,7 +22,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use ccfd_proto::pacing::{batch_datagrams, TokenBucket, BURST_WINDOW};
+pub use ccfd_proto::pacing::{batch_datagrams, wire_len, TokenBucket, BURST_WINDOW};
 
 const NANOS_PER_SEC: f64 = 1e9;
 
@@ -29,7 +31,8 @@ const NANOS_PER_SEC: f64 = 1e9;
 /// losing that time (with 2 ms the total ran 5-10 % under the cap).
 pub const EGRESS_TOLERANCE: Duration = Duration::from_millis(6);
 
-/// Send buffer asked for on every data socket (`SO_SNDBUF`, clamped by `net.core.wmem_max`).
+/// Send buffer asked for on every data socket (`SO_SNDBUFFORCE` when privileged, else `SO_SNDBUF`
+/// clamped by `net.core.wmem_max`; the ring warns once when it gets less).
 ///
 /// With the default (~208 KiB, about 90 datagrams of kernel memory) a queue of a few milliseconds
 /// at the uplink's qdisc fills the buffer; io_uring then parks the send and retries it once space

@@ -42,7 +42,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::coder::SessionCoder;
 use crate::notify::Watchdog;
-use crate::pacing::{batch_datagrams, EgressLimiter, SendWindow, TokenBucket, SEND_BUFFER_BYTES};
+use crate::pacing::{
+    batch_datagrams, wire_len, EgressLimiter, SendWindow, TokenBucket, SEND_BUFFER_BYTES,
+};
 
 pub mod pool;
 
@@ -459,7 +461,7 @@ impl ShardLoop {
                 s.receivers.push(ShardReceiver {
                     client,
                     addr,
-                    bucket: TokenBucket::new(rate_bps, dgram, now),
+                    bucket: TokenBucket::new(rate_bps, wire_len(dgram, addr.ip()), now),
                     stream: if cooperating {
                         ReceiverStream::new(key)
                     } else {
@@ -489,7 +491,8 @@ impl ShardLoop {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let dgram = max_datagram_len(&s.coder);
                     if let Some(r) = s.receivers.iter_mut().find(|r| r.client == client) {
-                        r.bucket.set_rate(rate_bps, dgram, now);
+                        r.bucket
+                            .set_rate(rate_bps, wire_len(dgram, r.addr.ip()), now);
                         tracing::debug!(
                             session = session.0,
                             client = client.0,
@@ -770,6 +773,8 @@ fn send_batch(
     };
     let payload_len = encoder.packet_len(&first.plan);
     let dgram = DataPacket::sealed_len(payload_len);
+    // The bucket and the egress cap count wire bytes (IP/UDP/Ethernet headers included).
+    let wire = wire_len(dgram, receiver.addr.ip());
     let allowed = usize::try_from(receiver.window.allowance()).unwrap_or(usize::MAX);
     if allowed == 0 {
         return BatchOutcome::Shut;
@@ -780,13 +785,13 @@ fn send_batch(
     // Wait for a full batch (64 datagrams, or the whole burst at low rates, or what the window
     // allows): fewer, larger GSO sends cost far less CPU than a trickle of one-datagram sends, and the
     // burst stays within the window.
-    let target = max.min((receiver.bucket.burst_bytes() / dgram).max(1));
-    let n = batch_datagrams(&mut receiver.bucket, now, dgram, max);
+    let target = max.min((receiver.bucket.burst_bytes() / wire).max(1));
+    let n = batch_datagrams(&mut receiver.bucket, now, wire, max);
     if n < target {
-        return BatchOutcome::Wait(receiver.bucket.wait_ns(now, target * dgram).max(1));
+        return BatchOutcome::Wait(receiver.bucket.wait_ns(now, target * wire).max(1));
     }
     if let Some(limiter) = egress {
-        if let Err(wait) = limiter.try_acquire(now, n * dgram) {
+        if let Err(wait) = limiter.try_acquire(now, n * wire) {
             return BatchOutcome::Wait(wait.max(1));
         }
     }
@@ -843,7 +848,7 @@ fn send_batch(
     }
     buffer.queue();
     let bytes = sent * dgram;
-    receiver.bucket.consume(bytes);
+    receiver.bucket.consume(sent * wire);
     receiver.window.on_sent(sent as u64);
     session.packets += sent as u64;
     stats.packets.fetch_add(sent as u64, Ordering::Relaxed);

@@ -286,8 +286,8 @@ fn client_limit_gives_an_explicit_error() {
     server.shutdown();
 }
 
-/// Counts the bytes of valid packets of `session` arriving on `socket` during `window`.
-/// Counts the session's bytes arriving for `window`, heartbeating every 20 ms with the packets
+/// Counts the session's wire bytes (datagrams with their IP/UDP/Ethernet headers, what
+/// `--max-rate` counts) arriving for `window`, heartbeating every 20 ms with the packets
 /// received so far (the shard's send window only opens for what a receiver reports receiving).
 fn count_bytes(socket: &UdpSocket, ctl: &mut Ctl, meta: &SessionMeta, window: Duration) -> u64 {
     socket
@@ -302,7 +302,8 @@ fn count_bytes(socket: &UdpSocket, ctl: &mut Ctl, meta: &SessionMeta, window: Du
         if let Ok(n) = socket.recv(&mut buf) {
             if DataPacket::open(&meta.key, &buf[..n]).is_ok_and(|(h, _)| h.session == meta.session)
             {
-                bytes += n as u64;
+                let from = socket.local_addr().unwrap().ip();
+                bytes += ccfd_proto::pacing::wire_len(n, from) as u64;
                 packets += 1;
             }
         }

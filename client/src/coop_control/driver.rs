@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccfd_proto::{Coop, CoopAction, Frame, LinkId, NodeId, ReceiverStats};
+use ccfd_proto::pacing::wire_bytes;
+use ccfd_proto::{Coop, CoopAction, Frame, LinkId, NodeId, ReceiverStats, DATA_OVERHEAD};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinSet;
@@ -70,6 +71,7 @@ struct Sample {
     packets: u64,
     bytes: u64,
     useful_bytes: u64,
+    useful_packets: u64,
     span: u64,
     stats: ReceiverStats,
 }
@@ -439,7 +441,14 @@ impl Driver {
             // of peers that hold what we hold are worthless, and a source paces down to what helps.
             // A source that sent only redundant packets is reported at 1 bit/s (known, not zero).
             let got_bytes = entry.bytes.saturating_sub(prev.bytes);
-            let useful = entry.useful_bytes.saturating_sub(prev.useful_bytes);
+            // In wire bytes (data header, MAC and IP/UDP/Ethernet headers of each packet added),
+            // as the source's pacer counts what it sends.
+            let useful = wire_bytes(
+                entry.useful_bytes.saturating_sub(prev.useful_bytes),
+                entry.useful_packets.saturating_sub(prev.useful_packets),
+                DATA_OVERHEAD,
+                entry.ip,
+            );
             let rate = (useful * 8) as f64 / seconds;
             let expected = span.saturating_sub(prev.span);
             let got = entry.packets.saturating_sub(prev.packets).min(expected);
@@ -463,6 +472,7 @@ impl Driver {
                 packets: entry.packets,
                 bytes: entry.bytes,
                 useful_bytes: entry.useful_bytes,
+                useful_packets: entry.useful_packets,
                 span,
                 stats,
             },

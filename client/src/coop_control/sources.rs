@@ -25,6 +25,8 @@ pub struct SourceEntry {
     pub bytes: u64,
     /// Codec payload bytes of those packets that were innovative (raised the decoder's rank).
     pub useful_bytes: u64,
+    /// Packets of those that were innovative.
+    pub useful_packets: u64,
     /// Sequence number of its first accepted packet.
     pub seq_first: u32,
     /// Highest sequence number accepted from it.
@@ -65,6 +67,7 @@ impl SourceTally {
             e.packets += 1;
             e.bytes += bytes;
             e.useful_bytes += useful;
+            e.useful_packets += u64::from(innovative);
             // Sequence numbers only grow within a stream (a restart shows as a new first).
             if seq.wrapping_sub(e.seq_max) < u32::MAX / 2 {
                 e.seq_max = seq;
@@ -77,6 +80,7 @@ impl SourceTally {
                 packets: 1,
                 bytes,
                 useful_bytes: useful,
+                useful_packets: u64::from(innovative),
                 seq_first: seq,
                 seq_max: seq,
             });

@@ -1,7 +1,8 @@
 //! Sans-IO pacing and rate control of the shard's streams (no clock is read here: every call takes
 //! `now_ns`, nanoseconds on any monotonic clock).
 //!
-//! - [`Pacer`]: a token bucket in datagram bytes refilled at the stream's rate, holding at most
+//! - [`Pacer`]: a token bucket in wire bytes (datagrams with their IP/UDP/Ethernet headers, as
+//!   receivers report their rates) refilled at the stream's rate, holding at most
 //!   [`BURST_WINDOW`] of traffic (the shard asks for at least 4 datagrams), so a stream sends small
 //!   GSO bursts, never a backlog.
 //! - [`RateController`]: one per stream, driven by the receiver's reports ([`ReceiverStats`]:
@@ -128,7 +129,7 @@ impl RateController {
         }
     }
 
-    /// The stream's datagram size: loss thresholds then widen to three standard deviations of
+    /// The stream's datagram size in wire bytes: loss thresholds then widen to three standard deviations of
     /// the loss rate measured over the datagrams of one interval (at 1 Mbit/s a report covers ten
     /// datagrams, one random loss is 10 %: no reason to cut).
     pub fn set_datagram_bytes(&mut self, bytes: usize) {
@@ -170,7 +171,7 @@ impl RateController {
         self.ceiling_bps
     }
 
-    /// Counts datagram bytes actually sent (to tell a stream that uses its rate from one that does not).
+    /// Counts wire bytes actually sent (to tell a stream that uses its rate from one that does not).
     pub fn on_sent(&mut self, bytes: usize) {
         self.sent_bytes += bytes as u64;
     }

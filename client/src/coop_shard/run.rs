@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ccfd_proto::pacing::wire_len;
 use ccfd_proto::{
     DataHeader, DataPacket, LinkId, Origin, ReceiverStats, ServeSource, SessionKey, DATA_HEADER_LEN,
 };
@@ -361,7 +362,8 @@ impl Shard {
             // Peers never send systematic packets: the server's stream carries those.
             code.counter = u64::from(layout.source_count());
         }
-        let min_burst = MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&layout));
+        let max_wire = wire_len(DataPacket::sealed_len(packet::max_len(&layout)), to.ip());
+        let min_burst = MIN_BURST_DATAGRAMS * max_wire;
         // A peer we served before resumes at the rate its last stream reached (at least a quarter
         // of the initial rate: a stream's end, when nothing we send is useful any more, is no
         // measure of the link); a new one starts at the initial rate or its share of the cap.
@@ -385,7 +387,7 @@ impl Shard {
         let layout_source_count = layout.source_count();
         let mut control = RateController::new(initial, now);
         control.set_arrival_driven(source == ServeSource::Recode);
-        control.set_datagram_bytes(DataPacket::sealed_len(packet::max_len(&layout)));
+        control.set_datagram_bytes(max_wire);
         self.streams.push(ServeStream {
             id,
             segment,
@@ -446,8 +448,11 @@ impl Shard {
         let shares = fair_shares(self.setup.upload_rate_bps, &demands);
         for (stream, share) in self.streams.iter_mut().zip(shares) {
             if stream.pacer.rate_bps() != share.max(1) {
-                let min_burst =
-                    MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&stream.layout));
+                let min_burst = MIN_BURST_DATAGRAMS
+                    * wire_len(
+                        DataPacket::sealed_len(packet::max_len(&stream.layout)),
+                        stream.to.ip(),
+                    );
                 stream.pacer.set_rate(share.max(1), min_burst, now);
             }
         }
@@ -707,8 +712,11 @@ impl Shard {
             // receiver's downlink is as full as our arrivals made it).
             stream.control.set_arrival_driven(false);
             let rate = stream.control.rate_bps().min(stream.pacer.rate_bps());
-            let min_burst =
-                MIN_BURST_DATAGRAMS * DataPacket::sealed_len(packet::max_len(&stream.layout));
+            let min_burst = MIN_BURST_DATAGRAMS
+                * wire_len(
+                    DataPacket::sealed_len(packet::max_len(&stream.layout)),
+                    stream.to.ip(),
+                );
             stream.pacer.set_rate(rate, min_burst, now);
         }
         let mut buffer = None;
@@ -751,8 +759,10 @@ impl Shard {
             tracing::warn!(dgram, "peer stream: packets too large for a datagram");
             return Ok(Batch::Starved);
         }
+        // The pacers and the upload cap count wire bytes (IP/UDP/Ethernet headers included).
+        let wire = wire_len(dgram, stream.to.ip());
         // Wait for a full batch (or the whole burst at low rates): fewer, larger GSO sends.
-        let full = max.min((stream.pacer.burst_bytes() / dgram).max(1));
+        let full = max.min((stream.pacer.burst_bytes() / wire).max(1));
         let mut limit = max;
         if buffer.is_some() && !fresh {
             if backlog < full as u64 && backlog != stream.waited_backlog {
@@ -765,16 +775,14 @@ impl Shard {
             limit = limit.min(backlog.min(max as u64) as usize);
         }
         let target = limit.min(full);
-        let mut n = (stream.pacer.available(now) / dgram).min(limit);
+        let mut n = (stream.pacer.available(now) / wire).min(limit);
         if n < target {
-            return Ok(Batch::Wait(
-                stream.pacer.wait_ns(now, target * dgram).max(1),
-            ));
+            return Ok(Batch::Wait(stream.pacer.wait_ns(now, target * wire).max(1)));
         }
         if let Some(cap) = total.as_mut() {
-            let allowed = cap.available(now) / dgram;
+            let allowed = cap.available(now) / wire;
             if allowed < target {
-                return Ok(Batch::Wait(cap.wait_ns(now, target * dgram).max(1)));
+                return Ok(Batch::Wait(cap.wait_ns(now, target * wire).max(1)));
             }
             n = n.min(allowed);
         }
@@ -872,10 +880,10 @@ impl Shard {
         }
         out.queue();
         let bytes = sent * dgram;
-        stream.pacer.consume(bytes);
-        stream.control.on_sent(bytes);
+        stream.pacer.consume(sent * wire);
+        stream.control.on_sent(sent * wire);
         if let Some(cap) = total.as_mut() {
-            cap.consume(bytes);
+            cap.consume(sent * wire);
         }
         stream.packets += sent as u64;
         stream.bytes += bytes as u64;
