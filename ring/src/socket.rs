@@ -199,17 +199,7 @@ impl std::os::fd::AsRawFd for BoundSocket {
 
 /// Asks for `want` bytes of receive buffer; returns what the kernel reports.
 fn set_recv_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> usize {
-    let want_int = i32::try_from(want).unwrap_or(i32::MAX);
-    if set_int(
-        socket.as_raw_fd(),
-        libc::SOL_SOCKET,
-        SO_RCVBUFFORCE,
-        want_int,
-    )
-    .is_err()
-    {
-        let _ = socket.set_recv_buffer_size(want);
-    }
+    let _ = ask_buffer(socket, SO_RCVBUFFORCE, want, Socket::set_recv_buffer_size);
     let got = socket.recv_buffer_size().unwrap_or(0);
     // The kernel doubles the request for bookkeeping overhead; anything below the request
     // itself means the rmem_max cap applied.
@@ -228,17 +218,7 @@ fn set_recv_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> usize {
 /// Asks for `want` bytes of send buffer (`SO_SNDBUFFORCE`, else `SO_SNDBUF`); returns what the
 /// kernel reports, and warns once per process when that is less than asked for.
 fn set_send_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> io::Result<usize> {
-    let want_int = i32::try_from(want).unwrap_or(i32::MAX);
-    if set_int(
-        socket.as_raw_fd(),
-        libc::SOL_SOCKET,
-        SO_SNDBUFFORCE,
-        want_int,
-    )
-    .is_err()
-    {
-        socket.set_send_buffer_size(want)?;
-    }
+    ask_buffer(socket, SO_SNDBUFFORCE, want, Socket::set_send_buffer_size)?;
     let got = socket.send_buffer_size().unwrap_or(0);
     // As for the receive buffer: below the request itself means the wmem_max cap applied.
     if got < want && !SEND_BUFFER_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -251,6 +231,21 @@ fn set_send_buffer(socket: &Socket, want: usize, addr: SocketAddr) -> io::Result
         );
     }
     Ok(got)
+}
+
+/// Asks for a `want`-byte socket buffer with the privileged `forced` option (`SO_RCVBUFFORCE`,
+/// `SO_SNDBUFFORCE`: beyond the sysctl cap), falling back to the capped `plain` setter.
+fn ask_buffer(
+    socket: &Socket,
+    forced: i32,
+    want: usize,
+    plain: fn(&Socket, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    let want_int = i32::try_from(want).unwrap_or(i32::MAX);
+    match set_int(socket.as_raw_fd(), libc::SOL_SOCKET, forced, want_int) {
+        Ok(()) => Ok(()),
+        Err(_) => plain(socket, want),
+    }
 }
 
 /// `setsockopt` with an int value.
