@@ -666,15 +666,20 @@ fn receiving_again_restarts_the_buffer() {
     exit(shard);
 }
 
-#[test]
-fn receiver_reports_of_loss_slow_the_stream_down() {
+/// A shard at `shard_ip` whose output holds one completed segment of `seed` content (GF(2),
+/// non-systematic), encoding to a receiver at `receiver_ip`: the output's directory (kept alive),
+/// the meta, the shard, the receiving socket and the stream.
+fn one_encoding_stream(
+    shard_ip: &str,
+    receiver_ip: &str,
+    seed: &str,
+) -> (tempfile::TempDir, FileMeta, Shard, UdpSocket, StreamId) {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.part");
-    let data = content(SEGMENT, "reports");
-    std::fs::write(&output, &data).unwrap();
+    std::fs::write(&output, content(SEGMENT, seed)).unwrap();
     let m = meta(SEGMENT, false, FieldKind::Gf2);
-    let shard = start_shard("127.78.8.1", m, &output, None);
-    let (socket, to) = receiver("127.78.8.2");
+    let shard = start_shard(shard_ip, m.clone(), &output, None);
+    let (socket, to) = receiver(receiver_ip);
     let id = stream(1, 1);
     shard.handle.send(ServeCommand::Completed { segment: 0 });
     shard.handle.send(ServeCommand::Start {
@@ -684,6 +689,13 @@ fn receiver_reports_of_loss_slow_the_stream_down() {
         to,
         source: ServeSource::Encode,
     });
+    (dir, m, shard, socket, id)
+}
+
+#[test]
+fn receiver_reports_of_loss_slow_the_stream_down() {
+    let (_dir, _meta, shard, socket, id) =
+        one_encoding_stream("127.78.8.1", "127.78.8.2", "reports");
     let report = |receive_rate_bps: u64, loss_ppm: u32| ServeCommand::Report {
         stream: id,
         stats: ccfd_proto::ReceiverStats {
@@ -712,23 +724,9 @@ fn receiver_reports_of_loss_slow_the_stream_down() {
 
 #[test]
 fn fresh_packets_in_flight_stay_under_half_the_askers_deficit() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = dir.path().join("out.part");
-    let data = content(SEGMENT, "fresh window");
-    std::fs::write(&output, &data).unwrap();
-    let m = meta(SEGMENT, false, FieldKind::Gf2);
+    let (_dir, m, shard, socket, id) =
+        one_encoding_stream("127.78.11.1", "127.78.11.2", "fresh window");
     let needed = segment_layout(&m, 0).unwrap().source_count();
-    let shard = start_shard("127.78.11.1", m, &output, None);
-    let (socket, to) = receiver("127.78.11.2");
-    let id = stream(1, 1);
-    shard.handle.send(ServeCommand::Completed { segment: 0 });
-    shard.handle.send(ServeCommand::Start {
-        stream: id,
-        segment: 0,
-        key: KEY,
-        to,
-        source: ServeSource::Encode,
-    });
     // Before any report the stream sends at its rate (100 Mbit/s: hundreds of packets in 100 ms).
     let (first, _) = count_arrivals(&socket, Duration::from_millis(100));
     assert!(
